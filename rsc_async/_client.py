@@ -1,0 +1,440 @@
+"""The client: one consumer of one service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+
+from ._batch import Coalescer
+from ._config import MIN_HB_INTERVAL, RetryConfig, at_least, consumer_name
+from ._errors import (
+    AlreadyClaimedError,
+    DataStreamNotFoundError,
+    InvalidLBSMessageError,
+    InvalidOptionError,
+    LockLostError,
+    RSCError,
+)
+from ._keyspace import KeyspaceListener, ensure_expiry_events, expired_notifications
+from ._lbs import LBSReader
+from ._leases import Heartbeat, Lease, Leases
+from ._log import EventLog
+from ._metrics import MetricsRecorder, NoMetrics
+from ._models import LBSInfo, LBSMessage, StreamDisowned, StreamTerminated
+from ._outbox import Notifications, Outbox
+from ._store import Store
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+SHUTDOWN_TIMEOUT = 5.0
+"""Seconds ``done()`` waits for Redis and for the tasks before giving up."""
+
+READ_BLOCK_MS = 1000
+"""How long XREADGROUP blocks: well under redis-py's socket timeout, and short
+enough that a stop request is seen promptly even if a cancellation is lost."""
+
+
+class RedisStreamClient:
+    """One consumer of a service: takes data streams, holds them, gives them back.
+
+    Args:
+        redis: the client of the Redis that holds the service.
+        service: the service name; its keys are ``<service>-input`` and so on.
+        consumer_id: this consumer's name; default ``POD_NAME``, else ``POD_IP``,
+            else the host name.
+        hb_interval: seconds; the lock TTL. Locks are extended every half of it.
+            At least 0.2.
+        lbs_idle_time: seconds an LBS entry must be idle before startup recovery
+            takes it over; at least ``2 * hb_interval``.
+        lbs_recovery_count: entries per page of startup recovery; > 0.
+        ksp_buffer_size: keyspace events buffered before new ones are dropped.
+        output_buffer_size: notifications buffered before the LBS reader waits.
+        force_config_override: add the flags ``K`` and ``x`` to a server's
+            ``notify-keyspace-events`` that already holds other flags.
+        retry: how the LBS reader and the keyspace listener back off.
+        logger: where records go; default ``logging.getLogger("rsc_async")``.
+        metrics: receives an event per claim, lock, heartbeat and finish.
+        read_batch: LBS entries read and locked per round trip; > 0.
+
+    Raises:
+        InvalidOptionError: an option is out of range (a ``ValueError``).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        service: str,
+        *,
+        consumer_id: str | None = None,
+        hb_interval: float = 2.0,
+        lbs_idle_time: float = 40.0,
+        lbs_recovery_count: int = 1000,
+        ksp_buffer_size: int = 500,
+        output_buffer_size: int = 500,
+        force_config_override: bool = False,
+        retry: RetryConfig | None = None,
+        logger: logging.Logger | None = None,
+        metrics: MetricsRecorder | None = None,
+        read_batch: int = 100,
+    ) -> None:
+        if not isinstance(service, str) or not service:
+            raise InvalidOptionError("service", service, "must be a non-empty str")
+        if consumer_id == "":
+            raise InvalidOptionError("consumer_id", consumer_id, "must not be empty")
+        at_least("hb_interval", hb_interval, MIN_HB_INTERVAL)
+        at_least("lbs_idle_time", lbs_idle_time, 2 * hb_interval)
+        at_least("lbs_recovery_count", lbs_recovery_count, 1)
+        at_least("ksp_buffer_size", ksp_buffer_size, 1)
+        at_least("output_buffer_size", output_buffer_size, 1)
+        at_least("read_batch", read_batch, 1)
+        if retry is not None and not isinstance(retry, RetryConfig):
+            raise InvalidOptionError("retry", retry, "must be a RetryConfig")
+
+        self.service = service
+        self.id = consumer_name(consumer_id)
+        self.hb_interval = float(hb_interval)
+        self._lbs_idle_ms = round(lbs_idle_time * 1000)
+        self._recovery_count = int(lbs_recovery_count)
+        self._ksp_buffer_size = int(ksp_buffer_size)
+        self._force_config = force_config_override
+        self._retry = retry or RetryConfig()
+        self._metrics: MetricsRecorder = metrics or NoMetrics()
+        self._log = EventLog(logger or logging.getLogger("rsc_async"), self.id)
+        self._read_batch = int(read_batch)
+
+        self._store = Store(redis, service, self.id)
+        self._leases = Leases()
+        self._outbox = Outbox(int(output_buffer_size))
+        self._finisher: Coalescer[Lease, str | None] = Coalescer(self._finish_batch)
+        self._notifications = Notifications(self._start, self._outbox)
+        self._start_lock = asyncio.Lock()
+        self._done_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+        self._stopping: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        held = len(self._leases)
+        return f"<RedisStreamClient {self.service!r} {self.id!r} holds {held}>"
+
+    @property
+    def held_streams(self) -> Sequence[LBSInfo]:
+        """The data streams this consumer holds now."""
+        return [lease.lbs_info for lease in self._leases]
+
+    def init(self) -> Notifications:
+        """Start the client; await the result, iterate it, or both.
+
+        After ``await client.init()`` returns, the consumer group exists, startup
+        recovery has run and the tasks are running. Iterating the result yields
+        notifications until the client stops. Calling it again returns the same
+        object.
+
+        Raises:
+            ExistingKeyspaceConfigError: see ``force_config_override``.
+            KeyspaceConfigError: lock expiry events cannot be enabled.
+            RedisCommandError: Redis failed during set-up.
+            RSCError: the client was stopped already.
+        """
+        return self._notifications
+
+    async def __aenter__(self) -> RedisStreamClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.done()
+
+    async def _start(self) -> None:
+        if self._started or self._outbox.closed:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                msg = f"client {self.id!r} was stopped; create a new one"
+                raise RSCError(msg)
+            await ensure_expiry_events(self._store, self._force_config, self._log)
+            await self._store.ensure_group()
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._stopping = anyio.Event()
+            self._supervisor = asyncio.create_task(self._supervise(ready))
+            try:
+                await asyncio.shield(ready)
+            except BaseException:
+                await self._stop()
+                raise
+            self._started = True
+            self._log.info("started; holds %d data streams", len(self._leases))
+
+    async def _supervise(self, ready: asyncio.Future[None]) -> None:
+        assert self._stopping is not None
+        socket_timeout = self._store.redis.connection_pool.connection_kwargs.get(
+            "socket_timeout"
+        )
+        block_ms = READ_BLOCK_MS
+        if socket_timeout:
+            block_ms = max(1, min(block_ms, int(socket_timeout * 500)))
+        listener = KeyspaceListener(
+            self._store,
+            self._ksp_buffer_size,
+            self._retry,
+            self._on_expired,
+            self._metrics,
+            self._log,
+        )
+        heartbeat = Heartbeat(
+            self._store,
+            self._leases,
+            self.hb_interval,
+            self._disown,
+            self._metrics,
+            self._log,
+        )
+        reader = LBSReader(
+            self._store,
+            self._leases,
+            self._outbox,
+            ttl=self.hb_interval,
+            read_batch=self._read_batch,
+            block_ms=block_ms,
+            retry=self._retry,
+            metrics=self._metrics,
+            log=self._log,
+        )
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._scope = tasks.cancel_scope
+                await tasks.start(listener.listen, self._stopping, self._give_up)
+                tasks.start_soon(listener.dispatch, self._stopping)
+                tasks.start_soon(heartbeat.run, self._stopping)
+                await self._recover(reader)
+                tasks.start_soon(reader.run, self._stopping, self._give_up)
+                ready.set_result(None)
+        except Exception as exc:
+            error = _first_error(exc)
+            if not ready.done():
+                ready.set_exception(error)
+            else:
+                self._log.error("stopped by an unexpected error: %r", error)
+                self._outbox.post(
+                    StreamTerminated(additional_info={"info": repr(error)})
+                )
+        finally:
+            if not ready.done():
+                ready.cancel()
+            self._outbox.close()
+
+    async def _recover(self, reader: LBSReader) -> None:
+        started = time.monotonic()
+        try:
+            added = await reader.recover(self._lbs_idle_ms, self._recovery_count)
+        except Exception:
+            self._metrics.record_startup_recovery(False, 0, time.monotonic() - started)
+            raise
+        self._metrics.record_startup_recovery(
+            True, len(added), time.monotonic() - started
+        )
+        if added:
+            self._log.info("recovered %d data streams", len(added))
+        for notification in added:
+            self._outbox.post(notification)
+
+    def _give_up(self, reason: str) -> None:
+        if self._stopping is None or self._stopping.is_set():
+            return
+        self._log.error("stopping: %s", reason)
+        self._outbox.post(StreamTerminated(additional_info={"info": reason}))
+        self._stopping.set()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _disown(self, lease: Lease) -> None:
+        if not self._leases.drop(lease):
+            return
+        self._log.warning(
+            "lost the lock of a data stream", stream=lease.name, entry_id=lease.entry_id
+        )
+        self._outbox.post(
+            StreamDisowned(payload=lease.lbs_info, additional_info=lease.info)
+        )
+
+    async def _on_expired(self, expired: list[LBSInfo]) -> None:
+        others = []
+        for info in expired:
+            lease = self._leases.by_key(info.mutex_key)
+            if lease is None:
+                others.append(info)
+            elif not lease.finishing:
+                self._disown(lease)
+        for notification in await expired_notifications(self._store, others, self._log):
+            await self._outbox.send(notification)
+
+    async def claim(self, info: LBSInfo) -> None:
+        """Take over a data stream whose holder's lock expired.
+
+        The lock is taken first, then the LBS entry is claimed with XCLAIM, so
+        of any number of consumers claiming one stream exactly one wins.
+
+        Raises:
+            AlreadyClaimedError: another consumer took it first.
+            InvalidLBSMessageError: the entry is malformed; it was moved to the
+                dead-letter stream.
+            RedisCommandError: Redis failed.
+            RSCError: the client is not running.
+        """
+        self._require_running()
+        name, entry_id = info.data_stream_name, info.id_in_lbs
+        started = time.monotonic()
+        success = False
+        try:
+            if self._leases.get(name) is not None:
+                raise AlreadyClaimedError(name, entry_id)
+            lease = Lease(name, entry_id, {})
+            await self._take_lock(lease)
+            entry = await self._claim_entry(lease)
+            try:
+                message = LBSMessage.from_entry(entry_id, entry)
+            except InvalidLBSMessageError as exc:
+                await self._store.release_lock(lease.key)
+                await self._store.dead_letter(entry_id, entry, exc.reason)
+                raise
+            lease.info = message.info
+            self._leases.add(lease)
+            self._metrics.record_stream_processing_start(name, lease.started)
+            self._log.info("claimed data stream", stream=name, entry_id=entry_id)
+            success = True
+        finally:
+            self._metrics.record_claim_attempt(
+                name, success, time.monotonic() - started
+            )
+
+    def _require_running(self) -> None:
+        if not self._started or self._outbox.closed:
+            msg = f"client {self.id!r} is not running; await client.init() first"
+            raise RSCError(msg)
+
+    async def _take_lock(self, lease: Lease) -> None:
+        started = time.monotonic()
+        ttl_ms = round(self.hb_interval * 1000)
+        taken = False
+        try:
+            [taken] = await self._store.acquire_locks([lease.key], ttl_ms)
+        finally:
+            self._metrics.record_lock_acquisition_attempt(
+                lease.name, taken, time.monotonic() - started
+            )
+        if not taken:
+            raise AlreadyClaimedError(lease.name, lease.entry_id)
+
+    async def _claim_entry(self, lease: Lease) -> Any:
+        min_idle_ms = round(self.hb_interval * 1000)
+        try:
+            entry = await self._store.claim_entry(lease.entry_id, min_idle_ms)
+        except BaseException:
+            await self._store.release_lock(lease.key)
+            raise
+        if entry is None:
+            await self._store.release_lock(lease.key)
+            raise AlreadyClaimedError(lease.name, lease.entry_id)
+        return entry[1]
+
+    async def done_stream(self, name: str) -> None:
+        """Finish a data stream: release its lock, XACK and XDEL its LBS entry.
+
+        Calls made at the same time share round trips.
+
+        Raises:
+            DataStreamNotFoundError: this consumer does not hold *name*.
+            LockLostError: another consumer holds the lock now; nothing was
+                acknowledged.
+            RedisCommandError: Redis failed; the stream is still held.
+        """
+        lease = self._leases.get(name)
+        if lease is None or lease.finishing:
+            raise DataStreamNotFoundError(name)
+        lease.finishing = True
+        try:
+            holder = await self._finisher.submit(lease)
+        except BaseException:
+            lease.finishing = False
+            raise
+        self._leases.drop(lease)
+        self._metrics.record_lock_release_attempt(name, holder is None)
+        self._metrics.record_stream_processing_end(name, lease.started)
+        if holder is not None:
+            self._log.warning(
+                "lock is held by %r; the stream was not finished",
+                holder,
+                stream=name,
+                entry_id=lease.entry_id,
+            )
+            raise LockLostError(name, lease.entry_id, holder)
+        self._log.info("finished data stream", stream=name, entry_id=lease.entry_id)
+
+    async def _finish_batch(self, leases: list[Lease]) -> list[str | None]:
+        return await self._store.finish(
+            [(lease.key, lease.entry_id) for lease in leases]
+        )
+
+    async def done(self) -> None:
+        """Finish every held stream, stop the tasks and end the notifications.
+
+        Idempotent. Bounded: it returns within a few seconds even when Redis
+        does not answer. Notifications already buffered may still be read; no
+        ``StreamTerminated`` is added.
+        """
+        async with self._done_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(SHUTDOWN_TIMEOUT):
+                    await self._finish_all()
+                await self._stop()
+            self._log.info("stopped")
+
+    async def _finish_all(self) -> None:
+        names = [lease.name for lease in self._leases if not lease.finishing]
+        results = await asyncio.gather(
+            *(self.done_stream(name) for name in names), return_exceptions=True
+        )
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, Exception):
+                self._log.warning("could not finish: %s", result, stream=name)
+
+    async def _stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._scope is not None:
+            self._scope.cancel()
+        supervisor = self._supervisor
+        if supervisor is not None and not supervisor.done():
+            await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
+            if not supervisor.done():
+                self._log.warning("tasks did not stop in time; cancelling them")
+                supervisor.cancel()
+                await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
+        await self._finisher.wait_idle()
+        self._outbox.close()
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,200 @@
+"""Keyspace notifications: the server setting they need, and the listener."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._config import RetryConfig
+from ._errors import (
+    ExistingKeyspaceConfigError,
+    KeyspaceConfigError,
+    RedisCommandError,
+)
+from ._log import EventLog
+from ._metrics import MetricsRecorder
+from ._models import MUTEX_KEY_SEP, LBSInfo, LBSMessage, StreamExpired, decode
+from ._store import ConfigRefusedError, Store
+
+NOTIFY_SETTING = "notify-keyspace-events"
+
+
+def missing_flags(flags: str) -> str:
+    """The flags expiry events need that *flags* lacks: K, and x (or A)."""
+    missing = "" if "K" in flags else "K"
+    if "x" not in flags and "A" not in flags:
+        missing += "x"
+    return missing
+
+
+async def ensure_expiry_events(store: Store, force: bool, log: EventLog) -> None:
+    """Make the server publish lock expiries, changing as little as it can.
+
+    Raises:
+        ExistingKeyspaceConfigError: other flags are set and *force* is False.
+        KeyspaceConfigError: the flags are missing and CONFIG SET is refused.
+    """
+    try:
+        flags = await store.notify_config()
+    except ConfigRefusedError:
+        log.warning(
+            "CONFIG GET %s is refused; lock expiry events depend on the server's "
+            "configuration, which must include the flags K and x",
+            NOTIFY_SETTING,
+        )
+        return
+    missing = missing_flags(flags)
+    if not missing:
+        return
+    if flags and not force:
+        raise ExistingKeyspaceConfigError(flags)
+    wanted = flags + missing if flags else "KEx"
+    try:
+        await store.set_notify_config(wanted)
+    except ConfigRefusedError as exc:
+        msg = (
+            f"{NOTIFY_SETTING} is {flags!r} and CONFIG SET is refused; enable "
+            f"lock expiry events in the server's configuration "
+            f"({NOTIFY_SETTING} {wanted!r})"
+        )
+        raise KeyspaceConfigError(msg) from exc
+    log.info("set %s from %r to %r", NOTIFY_SETTING, flags, wanted)
+
+
+class KeyspaceListener:
+    """Hears lock expiries and turns them into notifications.
+
+    One loop reads the subscription into a bounded buffer; another resolves
+    what was heard (a lock of ours, or another consumer's stream to claim).
+    When the buffer is full, new events are dropped and counted, never held
+    up: a slow reader of notifications must not stall the subscription.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        buffer_size: int,
+        retry: RetryConfig,
+        on_expired: Callable[[list[LBSInfo]], Awaitable[None]],
+        metrics: MetricsRecorder,
+        log: EventLog,
+    ) -> None:
+        self._store = store
+        self._buffer: deque[LBSInfo] = deque()
+        self._buffer_size = buffer_size
+        self._heard = anyio.Event()
+        self._retry = retry
+        self._on_expired = on_expired
+        self._metrics = metrics
+        self._log = log
+        self._prefix = f"__keyspace@{store.db}__:"
+        self.pattern = f"{self._prefix}*{MUTEX_KEY_SEP}*"
+
+    async def listen(
+        self,
+        stopping: anyio.Event,
+        give_up: Callable[[str], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Subscribe, report readiness, then read events until *stopping*."""
+        subscription = self._store.subscription(self.pattern)
+        failures = 0
+        try:
+            while not stopping.is_set():
+                try:
+                    if not subscription.active:
+                        await subscription.subscribe()
+                        task_status.started()
+                        task_status = anyio.TASK_STATUS_IGNORED
+                    message = await subscription.next(timeout=0.5)
+                except RedisCommandError as exc:
+                    failures += 1
+                    if self._retry.gives_up_after(failures):
+                        give_up(f"keyspace subscription failed: {exc}")
+                        return
+                    delay = self._retry.delay(failures)
+                    self._log.warning(
+                        "keyspace subscription failed (%s); retry %d in %.2f s",
+                        exc,
+                        failures,
+                        delay,
+                    )
+                    await subscription.reset()
+                    await anyio.sleep(delay)
+                    continue
+                failures = 0
+                if message is not None:
+                    self._hear(message)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await subscription.close()
+
+    def _hear(self, message: dict[str, Any]) -> None:
+        if decode(message.get("data") or b"") != "expired":
+            return
+        key = decode(message["channel"]).removeprefix(self._prefix)
+        try:
+            info = LBSInfo.from_mutex_key(key)
+        except ValueError:
+            self._log.debug("ignored expiry of %r: not a lock key", key)
+            return
+        self._metrics.record_ksp_notification(info.data_stream_name)
+        if len(self._buffer) >= self._buffer_size:
+            self._metrics.record_ksp_notification_dropped()
+            self._log.warning(
+                "keyspace buffer full (%d); dropped the expiry of a lock",
+                self._buffer_size,
+                stream=info.data_stream_name,
+                entry_id=info.id_in_lbs,
+            )
+            return
+        self._buffer.append(info)
+        self._heard.set()
+
+    async def dispatch(self, stopping: anyio.Event) -> None:
+        """Hand what was heard, in batches, to the client until *stopping*."""
+        while not stopping.is_set():
+            with anyio.move_on_after(0.5):
+                await self._heard.wait()
+            self._heard = anyio.Event()
+            while self._buffer:
+                batch = list(self._buffer)
+                self._buffer.clear()
+                await self._on_expired(batch)
+
+
+async def expired_notifications(
+    store: Store, expired: list[LBSInfo], log: EventLog
+) -> list[StreamExpired]:
+    """StreamExpired for each expired lock whose entry is still in the LBS.
+
+    An entry that is gone was finished after its lock expired: there is
+    nothing left to claim, so it is not announced.
+    """
+    try:
+        found = await store.entries([info.id_in_lbs for info in expired])
+    except RedisCommandError as exc:
+        log.warning(
+            "could not read the entries of %d expired locks: %s", len(expired), exc
+        )
+        return [StreamExpired(payload=info) for info in expired]
+    notifications = []
+    for info in expired:
+        if info.id_in_lbs not in found:
+            log.debug(
+                "lock expired after its entry was finished",
+                stream=info.data_stream_name,
+                entry_id=info.id_in_lbs,
+            )
+            continue
+        try:
+            extra = LBSMessage.from_entry(info.id_in_lbs, found[info.id_in_lbs]).info
+        except ValueError:
+            extra = {}
+        notifications.append(StreamExpired(payload=info, additional_info=extra))
+    return notifications

@@ -1,0 +1,142 @@
+"""The streams this consumer holds, and the heartbeat that keeps their locks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+
+from ._errors import RedisCommandError
+from ._log import EventLog
+from ._metrics import MetricsRecorder
+from ._models import MUTEX_KEY_SEP, LBSInfo
+from ._store import Store
+
+
+class Lease:
+    """One held data stream: what its notifications and its finish need."""
+
+    __slots__ = ("entry_id", "finishing", "info", "key", "name", "started")
+
+    def __init__(self, name: str, entry_id: str, info: dict[str, Any]) -> None:
+        self.name = name
+        self.entry_id = entry_id
+        self.key = f"{name}{MUTEX_KEY_SEP}{entry_id}"
+        self.info = info
+        self.started = time.time()
+        # Set while done_stream deletes the lock, so the heartbeat does not
+        # take the missing key for a lost lock.
+        self.finishing = False
+
+    @property
+    def lbs_info(self) -> LBSInfo:
+        """The public identity of this stream."""
+        return LBSInfo(data_stream_name=self.name, id_in_lbs=self.entry_id)
+
+
+class Leases:
+    """The held streams by data stream name; one entry per name."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Lease] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __iter__(self) -> Iterator[Lease]:
+        return iter(list(self._by_name.values()))
+
+    def get(self, name: str) -> Lease | None:
+        """The lease of *name*, if held."""
+        return self._by_name.get(name)
+
+    def add(self, lease: Lease) -> None:
+        """Hold *lease*."""
+        self._by_name[lease.name] = lease
+
+    def drop(self, lease: Lease) -> bool:
+        """Forget *lease*; False when it was no longer held (someone else won)."""
+        if self._by_name.get(lease.name) is not lease:
+            return False
+        del self._by_name[lease.name]
+        return True
+
+    def by_key(self, key: str) -> Lease | None:
+        """The lease whose lock key is *key*, if held."""
+        try:
+            info = LBSInfo.from_mutex_key(key)
+        except ValueError:
+            return None
+        lease = self._by_name.get(info.data_stream_name)
+        return lease if lease is not None and lease.key == key else None
+
+
+class Heartbeat:
+    """Extends every held lock each half interval, in one round trip per tick.
+
+    Ticks are scheduled by deadline: a slow tick shortens the wait for the
+    next one instead of pushing every lock closer to expiry.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        leases: Leases,
+        ttl: float,
+        lost: Callable[[Lease], None],
+        metrics: MetricsRecorder,
+        log: EventLog,
+    ) -> None:
+        self._store = store
+        self._leases = leases
+        self._ttl_ms = max(1, round(ttl * 1000))
+        self.period = ttl / 2
+        self._lost = lost
+        self._metrics = metrics
+        self._log = log
+
+    async def run(self, stopping: anyio.Event) -> None:
+        """Tick until *stopping* is set."""
+        deadline = time.monotonic() + self.period
+        while not stopping.is_set():
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                await stopping.wait()
+            if stopping.is_set():
+                return
+            started = time.monotonic()
+            await self.tick()
+            elapsed = time.monotonic() - started
+            if elapsed > self.period:
+                self._log.warning(
+                    "heartbeat tick took %.3f s, longer than its period of %.3f s",
+                    elapsed,
+                    self.period,
+                )
+            deadline += self.period
+            if deadline < time.monotonic():
+                # Ticks were missed; the next one goes now, not in a burst.
+                deadline = time.monotonic()
+
+    async def tick(self) -> None:
+        """Extend every held lock once; report those found lost."""
+        leases = [lease for lease in self._leases if not lease.finishing]
+        if not leases:
+            return
+        try:
+            kept = await self._store.extend_locks(
+                [lease.key for lease in leases], self._ttl_ms
+            )
+        except RedisCommandError as exc:
+            self._log.warning("heartbeat of %d locks failed: %s", len(leases), exc)
+            return
+        for lease, ok in zip(leases, kept, strict=True):
+            self._metrics.record_lock_extension_attempt(lease.name, ok)
+            if not ok and not lease.finishing:
+                self._lost(lease)
+        self._log.debug(
+            "heartbeat extended %d locks, lost %d",
+            kept.count(True),
+            kept.count(False),
+        )
