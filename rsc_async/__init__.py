@@ -16,6 +16,7 @@ from ._errors import (
     InvalidOptionError,
     KeyspaceConfigError,
     LockLostError,
+    PoisonStreamError,
     RedisCommandError,
     RSCError,
 )
@@ -49,6 +50,7 @@ __all__ = (
     "Notification",
     "NotificationType",
     "Notifications",
+    "PoisonStreamError",
     "RSCError",
     "RedisCommandError",
     "RedisStreamClient",

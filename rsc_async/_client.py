@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -21,15 +21,17 @@ from ._errors import (
     InvalidLBSMessageError,
     InvalidOptionError,
     LockLostError,
+    PoisonStreamError,
     RSCError,
 )
 from ._keyspace import KeyspaceListener, ensure_expiry_events, expired_notifications
-from ._lbs import LBSReader
+from ._lbs import LBSReader, too_many_deliveries
 from ._leases import Heartbeat, Lease, Leases
 from ._log import EventLog
 from ._metrics import MetricsRecorder, NoMetrics
 from ._models import LBSInfo, LBSMessage, StreamDisowned, StreamTerminated
 from ._outbox import Notifications, Outbox
+from ._reconcile import Reconciler
 from ._store import Store
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -37,6 +39,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 SHUTDOWN_TIMEOUT = 5.0
 """Seconds ``done()`` waits for Redis and for the tasks before giving up."""
+
+CONFIG_CHECK_HEARTBEATS = 5
+"""Heartbeat intervals between checks that expiry events are still enabled."""
 
 READ_BLOCK_MS = 1000
 """How long XREADGROUP blocks: well under redis-py's socket timeout, and short
@@ -64,6 +69,10 @@ class RedisStreamClient:
         logger: where records go; default ``logging.getLogger("rsc_async")``.
         metrics: receives an event per claim, lock, heartbeat and finish.
         read_batch: LBS entries read and locked per round trip; > 0.
+        reconcile_interval: seconds between reconciliation sweeps across the
+            service; default ``lbs_idle_time``; 0 turns them off.
+        max_deliveries: an LBS entry delivered more often than this is moved
+            to the dead-letter stream instead of being handed out again.
 
     Raises:
         InvalidOptionError: an option is out of range (a ``ValueError``).
@@ -85,6 +94,8 @@ class RedisStreamClient:
         logger: logging.Logger | None = None,
         metrics: MetricsRecorder | None = None,
         read_batch: int = 100,
+        reconcile_interval: float | None = None,
+        max_deliveries: int = 10,
     ) -> None:
         if not isinstance(service, str) or not service:
             raise InvalidOptionError("service", service, "must be a non-empty str")
@@ -96,6 +107,11 @@ class RedisStreamClient:
         at_least("ksp_buffer_size", ksp_buffer_size, 1)
         at_least("output_buffer_size", output_buffer_size, 1)
         at_least("read_batch", read_batch, 1)
+        at_least("max_deliveries", max_deliveries, 1)
+        if reconcile_interval is None:
+            reconcile_interval = lbs_idle_time
+        if reconcile_interval != 0:
+            at_least("reconcile_interval", reconcile_interval, hb_interval)
         if retry is not None and not isinstance(retry, RetryConfig):
             raise InvalidOptionError("retry", retry, "must be a RetryConfig")
 
@@ -110,11 +126,30 @@ class RedisStreamClient:
         self._metrics: MetricsRecorder = metrics or NoMetrics()
         self._log = EventLog(logger or logging.getLogger("rsc_async"), self.id)
         self._read_batch = int(read_batch)
+        self._reconcile_interval = float(reconcile_interval)
+        self._max_deliveries = int(max_deliveries)
 
         self._store = Store(redis, service, self.id)
         self._leases = Leases()
         self._outbox = Outbox(int(output_buffer_size))
         self._finisher: Coalescer[Lease, str | None] = Coalescer(self._finish_batch)
+        self._hand_back: Coalescer[Lease, str | None] = Coalescer(self._hand_back_batch)
+        # Locks handed back by this consumer: their expiry is news to the
+        # others, not to us.
+        self._handed_back: set[str] = set()
+        self._reader = LBSReader(
+            self._store,
+            self._leases,
+            self._outbox,
+            ttl=self.hb_interval,
+            read_batch=self._read_batch,
+            block_ms=_read_block_ms(redis),
+            max_deliveries=self._max_deliveries,
+            retry=self._retry,
+            metrics=self._metrics,
+            log=self._log,
+        )
+        self._reconciler: Reconciler | None = None
         self._notifications = Notifications(self._start, self._outbox)
         self._start_lock = asyncio.Lock()
         self._done_lock = asyncio.Lock()
@@ -184,19 +219,26 @@ class RedisStreamClient:
 
     async def _supervise(self, ready: asyncio.Future[None]) -> None:
         assert self._stopping is not None
-        socket_timeout = self._store.redis.connection_pool.connection_kwargs.get(
-            "socket_timeout"
-        )
-        block_ms = READ_BLOCK_MS
-        if socket_timeout:
-            block_ms = max(1, min(block_ms, int(socket_timeout * 500)))
+        reconciler = None
+        if self._reconcile_interval:
+            reconciler = Reconciler(
+                self._store,
+                interval=self._reconcile_interval,
+                hb_interval=self.hb_interval,
+                max_deliveries=self._max_deliveries,
+                set_aside=self._reader.set_aside,
+                log=self._log,
+            )
         listener = KeyspaceListener(
             self._store,
             self._ksp_buffer_size,
             self._retry,
             self._on_expired,
-            self._metrics,
-            self._log,
+            reconciler.trigger if reconciler else lambda: None,
+            force_config=self._force_config,
+            check_period=CONFIG_CHECK_HEARTBEATS * self.hb_interval,
+            metrics=self._metrics,
+            log=self._log,
         )
         heartbeat = Heartbeat(
             self._store,
@@ -206,25 +248,16 @@ class RedisStreamClient:
             self._metrics,
             self._log,
         )
-        reader = LBSReader(
-            self._store,
-            self._leases,
-            self._outbox,
-            ttl=self.hb_interval,
-            read_batch=self._read_batch,
-            block_ms=block_ms,
-            retry=self._retry,
-            metrics=self._metrics,
-            log=self._log,
-        )
         try:
             async with anyio.create_task_group() as tasks:
                 self._scope = tasks.cancel_scope
                 await tasks.start(listener.listen, self._stopping, self._give_up)
                 tasks.start_soon(listener.dispatch, self._stopping)
                 tasks.start_soon(heartbeat.run, self._stopping)
-                await self._recover(reader)
-                tasks.start_soon(reader.run, self._stopping, self._give_up)
+                await self._recover()
+                tasks.start_soon(self._reader.run, self._stopping, self._give_up)
+                if reconciler is not None:
+                    tasks.start_soon(reconciler.run, self._stopping)
                 ready.set_result(None)
         except Exception as exc:
             error = _first_error(exc)
@@ -240,10 +273,10 @@ class RedisStreamClient:
                 ready.cancel()
             self._outbox.close()
 
-    async def _recover(self, reader: LBSReader) -> None:
+    async def _recover(self) -> None:
         started = time.monotonic()
         try:
-            added = await reader.recover(self._lbs_idle_ms, self._recovery_count)
+            added = await self._reader.recover(self._lbs_idle_ms, self._recovery_count)
         except Exception:
             self._metrics.record_startup_recovery(False, 0, time.monotonic() - started)
             raise
@@ -271,30 +304,59 @@ class RedisStreamClient:
             "lost the lock of a data stream", stream=lease.name, entry_id=lease.entry_id
         )
         self._outbox.post(
-            StreamDisowned(payload=lease.lbs_info, additional_info=lease.info)
+            StreamDisowned(
+                payload=lease.lbs_info,
+                additional_info=lease.info,
+                fencing_token=lease.token,
+            )
         )
 
     async def _on_expired(self, expired: list[LBSInfo]) -> None:
         others = []
         for info in expired:
             lease = self._leases.by_key(info.mutex_key)
-            if lease is None:
+            if info.mutex_key in self._handed_back:
+                self._handed_back.discard(info.mutex_key)
+            elif lease is None:
                 others.append(info)
             elif not lease.finishing:
                 self._disown(lease)
         for notification in await expired_notifications(self._store, others, self._log):
             await self._outbox.send(notification)
 
-    async def claim(self, info: LBSInfo) -> None:
-        """Take over a data stream whose holder's lock expired.
+    def fencing_token(self, name: str) -> int:
+        """The fencing token of the lock this consumer holds on *name*.
+
+        Tokens come from one counter per service, so they only grow. Send the
+        token with every write made for the stream, and have the store refuse
+        a write whose token is lower than one it has already seen for that
+        stream: a consumer that lost its lock (a pause, a partition) then
+        cannot overwrite the work of the consumer that took over.
+
+        Raises:
+            DataStreamNotFoundError: this consumer does not hold *name*.
+        """
+        lease = self._leases.get(name)
+        if lease is None:
+            raise DataStreamNotFoundError(name)
+        return lease.token
+
+    async def claim(self, info: LBSInfo) -> int:
+        """Take over a data stream whose lock expired or was handed back.
 
         The lock is taken first, then the LBS entry is claimed with XCLAIM, so
-        of any number of consumers claiming one stream exactly one wins.
+        of any number of consumers claiming one stream exactly one wins; with
+        the lock held, the claim needs no idle-time guard of its own.
+
+        Returns:
+            The fencing token of the new lock.
 
         Raises:
             AlreadyClaimedError: another consumer took it first.
             InvalidLBSMessageError: the entry is malformed; it was moved to the
                 dead-letter stream.
+            PoisonStreamError: the entry was delivered more than
+                ``max_deliveries`` times; it was moved to the dead-letter stream.
             RedisCommandError: Redis failed.
             RSCError: the client is not running.
         """
@@ -307,18 +369,12 @@ class RedisStreamClient:
                 raise AlreadyClaimedError(name, entry_id)
             lease = Lease(name, entry_id, {})
             await self._take_lock(lease)
-            entry = await self._claim_entry(lease)
-            try:
-                message = LBSMessage.from_entry(entry_id, entry)
-            except InvalidLBSMessageError as exc:
-                await self._store.release_lock(lease.key)
-                await self._store.dead_letter(entry_id, entry, exc.reason)
-                raise
-            lease.info = message.info
+            lease.info = await self._claim_entry(lease)
             self._leases.add(lease)
             self._metrics.record_stream_processing_start(name, lease.started)
             self._log.info("claimed data stream", stream=name, entry_id=entry_id)
             success = True
+            return lease.token
         finally:
             self._metrics.record_claim_attempt(
                 name, success, time.monotonic() - started
@@ -332,27 +388,37 @@ class RedisStreamClient:
     async def _take_lock(self, lease: Lease) -> None:
         started = time.monotonic()
         ttl_ms = round(self.hb_interval * 1000)
-        taken = False
         try:
-            [taken] = await self._store.acquire_locks([lease.key], ttl_ms)
+            [lease.token] = await self._store.acquire_locks([lease.key], ttl_ms)
         finally:
             self._metrics.record_lock_acquisition_attempt(
-                lease.name, taken, time.monotonic() - started
+                lease.name, lease.token > 0, time.monotonic() - started
             )
-        if not taken:
+        if not lease.token:
             raise AlreadyClaimedError(lease.name, lease.entry_id)
 
-    async def _claim_entry(self, lease: Lease) -> Any:
-        min_idle_ms = round(self.hb_interval * 1000)
+    async def _claim_entry(self, lease: Lease) -> dict[str, Any]:
+        """XCLAIM the entry of a freshly locked *lease*; unlock on any failure."""
+        name, entry_id = lease.name, lease.entry_id
         try:
-            entry = await self._store.claim_entry(lease.entry_id, min_idle_ms)
+            claimed = await self._store.claim_entry(entry_id)
+            if claimed is None:
+                raise AlreadyClaimedError(name, entry_id)
+            fields, deliveries = claimed
+            try:
+                message = LBSMessage.from_entry(entry_id, fields)
+            except InvalidLBSMessageError as exc:
+                await self._reader.set_aside(entry_id, fields, exc.reason)
+                raise
+            if deliveries > self._max_deliveries:
+                reason = too_many_deliveries(deliveries, self._max_deliveries)
+                await self._reader.set_aside(entry_id, fields, reason)
+                raise PoisonStreamError(name, entry_id, reason)
         except BaseException:
-            await self._store.release_lock(lease.key)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT):
+                await self._store.release_lock(lease.key)
             raise
-        if entry is None:
-            await self._store.release_lock(lease.key)
-            raise AlreadyClaimedError(lease.name, lease.entry_id)
-        return entry[1]
+        return message.info
 
     async def done_stream(self, name: str) -> None:
         """Finish a data stream: release its lock, XACK and XDEL its LBS entry.
@@ -365,12 +431,32 @@ class RedisStreamClient:
                 acknowledged.
             RedisCommandError: Redis failed; the stream is still held.
         """
+        await self._let_go(name, self._finisher, "finished")
+
+    async def release_stream(self, name: str) -> None:
+        """Give a data stream back unfinished, for another consumer to claim.
+
+        The lock is made to expire at once, so every other consumer is told
+        ``STREAM_EXPIRED`` now rather than after the TTL, and any of them can
+        claim it straight away: a rolling deploy moves work in milliseconds.
+        The LBS entry stays pending until a claim takes it.
+
+        Raises:
+            DataStreamNotFoundError: this consumer does not hold *name*.
+            LockLostError: another consumer holds the lock now.
+            RedisCommandError: Redis failed; the stream is still held.
+        """
+        await self._let_go(name, self._hand_back, "handed back")
+
+    async def _let_go(
+        self, name: str, batcher: Coalescer[Lease, str | None], outcome: str
+    ) -> None:
         lease = self._leases.get(name)
         if lease is None or lease.finishing:
             raise DataStreamNotFoundError(name)
         lease.finishing = True
         try:
-            holder = await self._finisher.submit(lease)
+            holder = await batcher.submit(lease)
         except BaseException:
             lease.finishing = False
             raise
@@ -379,21 +465,38 @@ class RedisStreamClient:
         self._metrics.record_stream_processing_end(name, lease.started)
         if holder is not None:
             self._log.warning(
-                "lock is held by %r; the stream was not finished",
+                "lock is held by %r; the stream was not %s",
                 holder,
+                outcome,
                 stream=name,
                 entry_id=lease.entry_id,
             )
             raise LockLostError(name, lease.entry_id, holder)
-        self._log.info("finished data stream", stream=name, entry_id=lease.entry_id)
+        self._log.info("%s data stream", outcome, stream=name, entry_id=lease.entry_id)
 
     async def _finish_batch(self, leases: list[Lease]) -> list[str | None]:
         return await self._store.finish(
             [(lease.key, lease.entry_id) for lease in leases]
         )
 
-    async def done(self) -> None:
+    async def _hand_back_batch(self, leases: list[Lease]) -> list[str | None]:
+        keys = [lease.key for lease in leases]
+        self._handed_back.update(keys)
+        holders = await self._store.hand_back(keys)
+        # Only locks that were ours expire now; forget the others. A lock that
+        # was already gone was let go of all the same ("" holds it).
+        self._handed_back.difference_update(
+            key for key, holder in zip(keys, holders, strict=True) if holder is not None
+        )
+        return [holder or None for holder in holders]
+
+    async def done(self, *, release: bool = False) -> None:
         """Finish every held stream, stop the tasks and end the notifications.
+
+        Args:
+            release: hand every held stream back (see :meth:`release_stream`)
+                instead of finishing it, for a shutdown that leaves the work to
+                the other consumers.
 
         Idempotent. Bounded: it returns within a few seconds even when Redis
         does not answer. Notifications already buffered may still be read; no
@@ -405,18 +508,20 @@ class RedisStreamClient:
             self._closed = True
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(SHUTDOWN_TIMEOUT):
-                    await self._finish_all()
+                    await self._let_go_of_all(
+                        self.release_stream if release else self.done_stream
+                    )
                 await self._stop()
             self._log.info("stopped")
 
-    async def _finish_all(self) -> None:
+    async def _let_go_of_all(self, let_go: Callable[[str], Awaitable[None]]) -> None:
         names = [lease.name for lease in self._leases if not lease.finishing]
         results = await asyncio.gather(
-            *(self.done_stream(name) for name in names), return_exceptions=True
+            *(let_go(name) for name in names), return_exceptions=True
         )
         for name, result in zip(names, results, strict=True):
             if isinstance(result, Exception):
-                self._log.warning("could not finish: %s", result, stream=name)
+                self._log.warning("could not let go: %s", result, stream=name)
 
     async def _stop(self) -> None:
         if self._stopping is not None:
@@ -431,7 +536,15 @@ class RedisStreamClient:
                 supervisor.cancel()
                 await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
         await self._finisher.wait_idle()
+        await self._hand_back.wait_idle()
         self._outbox.close()
+
+
+def _read_block_ms(redis: aioredis.Redis) -> int:
+    socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+    if socket_timeout:
+        return max(1, min(READ_BLOCK_MS, int(socket_timeout * 500)))
+    return READ_BLOCK_MS
 
 
 def _first_error(exc: BaseException) -> BaseException:

@@ -69,6 +69,19 @@ class DataStreamNotFoundError(RSCError, KeyError):
         return str(self.args[0])
 
 
+class PoisonStreamError(RSCError):
+    """An LBS entry was delivered too often; it was moved to the dead letters."""
+
+    def __init__(self, data_stream: str, entry_id: str, reason: str) -> None:
+        self.data_stream = data_stream
+        self.entry_id = entry_id
+        self.reason = reason
+        super().__init__(
+            f"data stream {data_stream!r} (LBS entry {entry_id!r}) was {reason}; "
+            "it was moved to the dead-letter stream"
+        )
+
+
 class LockLostError(RSCError):
     """The lock of a data stream is now held by another consumer."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +20,7 @@ from ._errors import (
 from ._log import EventLog
 from ._metrics import MetricsRecorder
 from ._models import MUTEX_KEY_SEP, LBSInfo, LBSMessage, StreamExpired, decode
+from ._outage import Outage
 from ._store import ConfigRefusedError, Store
 
 NOTIFY_SETTING = "notify-keyspace-events"
@@ -31,8 +34,14 @@ def missing_flags(flags: str) -> str:
     return missing
 
 
-async def ensure_expiry_events(store: Store, force: bool, log: EventLog) -> None:
+async def ensure_expiry_events(
+    store: Store, force: bool, log: EventLog, *, restoring: bool = False
+) -> None:
     """Make the server publish lock expiries, changing as little as it can.
+
+    With *restoring*, the flags were set before and are checked again (a
+    restarted or failed-over server forgets a CONFIG SET): a change is logged
+    at WARNING, and a refused CONFIG GET is not logged again.
 
     Raises:
         ExistingKeyspaceConfigError: other flags are set and *force* is False.
@@ -41,6 +50,8 @@ async def ensure_expiry_events(store: Store, force: bool, log: EventLog) -> None
     try:
         flags = await store.notify_config()
     except ConfigRefusedError:
+        if restoring:
+            return
         log.warning(
             "CONFIG GET %s is refused; lock expiry events depend on the server's "
             "configuration, which must include the flags K and x",
@@ -62,7 +73,8 @@ async def ensure_expiry_events(store: Store, force: bool, log: EventLog) -> None
             f"({NOTIFY_SETTING} {wanted!r})"
         )
         raise KeyspaceConfigError(msg) from exc
-    log.info("set %s from %r to %r", NOTIFY_SETTING, flags, wanted)
+    level = logging.WARNING if restoring else logging.INFO
+    log.log(level, "set %s from %r to %r", NOTIFY_SETTING, flags, wanted)
 
 
 class KeyspaceListener:
@@ -80,10 +92,17 @@ class KeyspaceListener:
         buffer_size: int,
         retry: RetryConfig,
         on_expired: Callable[[list[LBSInfo]], Awaitable[None]],
+        on_resubscribed: Callable[[], None],
+        *,
+        force_config: bool,
+        check_period: float,
         metrics: MetricsRecorder,
         log: EventLog,
     ) -> None:
         self._store = store
+        self._on_resubscribed = on_resubscribed
+        self._force_config = force_config
+        self._check_period = check_period
         self._buffer: deque[LBSInfo] = deque()
         self._buffer_size = buffer_size
         self._heard = anyio.Event()
@@ -103,36 +122,49 @@ class KeyspaceListener:
     ) -> None:
         """Subscribe, report readiness, then read events until *stopping*."""
         subscription = self._store.subscription(self.pattern)
-        failures = 0
+        outage = Outage("the keyspace subscription", self._retry, self._log)
+        resubscribing = False
+        next_check = time.monotonic() + self._check_period
         try:
             while not stopping.is_set():
                 try:
                     if not subscription.active:
                         await subscription.subscribe()
+                        if resubscribing:
+                            # Events published while the connection was down
+                            # are lost, and a restarted server may have lost
+                            # its configuration too.
+                            await self._check_config()
+                            self._on_resubscribed()
+                        resubscribing = True
                         task_status.started()
                         task_status = anyio.TASK_STATUS_IGNORED
+                    elif time.monotonic() >= next_check:
+                        await self._check_config()
+                        next_check = time.monotonic() + self._check_period
                     message = await subscription.next(timeout=0.5)
                 except RedisCommandError as exc:
-                    failures += 1
-                    if self._retry.gives_up_after(failures):
+                    delay = outage.failed(exc)
+                    if delay is None:
                         give_up(f"keyspace subscription failed: {exc}")
                         return
-                    delay = self._retry.delay(failures)
-                    self._log.warning(
-                        "keyspace subscription failed (%s); retry %d in %.2f s",
-                        exc,
-                        failures,
-                        delay,
-                    )
                     await subscription.reset()
                     await anyio.sleep(delay)
                     continue
-                failures = 0
+                outage.recovered()
                 if message is not None:
                     self._hear(message)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 await subscription.close()
+
+    async def _check_config(self) -> None:
+        try:
+            await ensure_expiry_events(
+                self._store, self._force_config, self._log, restoring=True
+            )
+        except KeyspaceConfigError as exc:
+            self._log.error("lock expiry events are off: %s", exc)
 
     def _hear(self, message: dict[str, Any]) -> None:
         if decode(message.get("data") or b"") != "expired":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 
@@ -13,8 +13,14 @@ from ._leases import Lease, Leases
 from ._log import EventLog
 from ._metrics import MetricsRecorder
 from ._models import LBSMessage, StreamAdded
+from ._outage import Outage
 from ._outbox import Outbox
 from ._store import Entry, Fields, Store
+
+
+def too_many_deliveries(deliveries: int, max_deliveries: int) -> str:
+    """The dead-letter reason of an entry delivered too often."""
+    return f"delivered {deliveries} times, more than max_deliveries={max_deliveries}"
 
 
 class LBSReader:
@@ -29,6 +35,7 @@ class LBSReader:
         ttl: float,
         read_batch: int,
         block_ms: int,
+        max_deliveries: int,
         retry: RetryConfig,
         metrics: MetricsRecorder,
         log: EventLog,
@@ -39,32 +46,26 @@ class LBSReader:
         self._ttl_ms = max(1, round(ttl * 1000))
         self._read_batch = read_batch
         self._block_ms = block_ms
+        self._max_deliveries = max_deliveries
         self._retry = retry
         self._metrics = metrics
         self._log = log
 
     async def run(self, stopping: anyio.Event, give_up: Callable[[str], None]) -> None:
         """Read and assign new entries until *stopping*, backing off on errors."""
-        failures = 0
+        outage = Outage("reading the LBS", self._retry, self._log)
         while not stopping.is_set():
             try:
                 entries = await self._store.read_new(self._read_batch, self._block_ms)
                 added = await self.assign(entries)
             except RedisCommandError as exc:
-                failures += 1
-                if self._retry.gives_up_after(failures):
-                    give_up(f"reading the LBS failed {failures} times: {exc}")
+                delay = outage.failed(exc)
+                if delay is None:
+                    give_up(f"reading the LBS failed {outage.failures} times: {exc}")
                     return
-                delay = self._retry.delay(failures)
-                self._log.warning(
-                    "reading the LBS failed (%s); retry %d in %.2f s",
-                    exc,
-                    failures,
-                    delay,
-                )
                 await anyio.sleep(delay)
                 continue
-            failures = 0
+            outage.recovered()
             for notification in added:
                 await self._outbox.send(notification)
 
@@ -81,47 +82,67 @@ class LBSReader:
             cursor, entries = await self._store.autoclaim(
                 min_idle_ms, cursor, page_size
             )
-            added.extend(await self.assign(entries, recovered=True))
+            deliveries = await self._store.deliveries([i for i, _ in entries])
+            added.extend(await self.assign(entries, deliveries))
             if cursor == "0-0":
                 return added
 
     async def assign(
-        self, entries: list[Entry], *, recovered: bool = False
+        self, entries: list[Entry], deliveries: Mapping[str, int] | None = None
     ) -> list[StreamAdded]:
-        """Lock the streams of *entries* in one round trip; set bad ones aside."""
+        """Lock the streams of *entries* in one round trip; set bad ones aside.
+
+        Args:
+            entries: read or recovered LBS entries.
+            deliveries: delivery counts of recovered entries; new ones have 1.
+        """
         leases: list[Lease] = []
         for entry_id, fields in entries:
             if fields is None:
                 # Deleted from the LBS while pending: nothing is left to do.
                 await self._store.ack(entry_id)
                 continue
+            count = (deliveries or {}).get(entry_id, 1)
+            if count > self._max_deliveries:
+                reason = too_many_deliveries(count, self._max_deliveries)
+                await self.set_aside(entry_id, fields, reason)
+                continue
             lease = await self._lease_for(entry_id, fields)
             if lease is not None:
                 leases.append(lease)
         started = time.monotonic()
-        taken = await self._store.acquire_locks(
+        tokens = await self._store.acquire_locks(
             [lease.key for lease in leases], self._ttl_ms
         )
         duration = time.monotonic() - started
         added = []
-        for lease, ok in zip(leases, taken, strict=True):
-            self._metrics.record_lock_acquisition_attempt(lease.name, ok, duration)
-            if not ok:
+        for lease, token in zip(leases, tokens, strict=True):
+            self._metrics.record_lock_acquisition_attempt(
+                lease.name, token > 0, duration
+            )
+            if not token:
                 self._log.debug(
                     "lock is held by another consumer; left with it",
                     stream=lease.name,
                     entry_id=lease.entry_id,
                 )
                 continue
+            lease.token = token
             self._leases.add(lease)
             self._metrics.record_stream_processing_start(lease.name, lease.started)
             self._log.info(
-                "recovered data stream" if recovered else "assigned data stream",
+                "recovered data stream"
+                if deliveries is not None
+                else "assigned data stream",
                 stream=lease.name,
                 entry_id=lease.entry_id,
             )
             added.append(
-                StreamAdded(payload=lease.lbs_info, additional_info=lease.info)
+                StreamAdded(
+                    payload=lease.lbs_info,
+                    additional_info=lease.info,
+                    fencing_token=token,
+                )
             )
         return added
 
@@ -129,7 +150,7 @@ class LBSReader:
         try:
             message = LBSMessage.from_entry(entry_id, fields)
         except InvalidLBSMessageError as exc:
-            await self._set_aside(entry_id, fields, exc.reason)
+            await self.set_aside(entry_id, fields, exc.reason)
             return None
         held = self._leases.get(message.data_stream_name)
         if held is not None and held.entry_id != entry_id:
@@ -137,15 +158,17 @@ class LBSReader:
                 f"data stream {message.data_stream_name!r} is already held by this "
                 f"consumer under LBS entry {held.entry_id}"
             )
-            await self._set_aside(entry_id, fields, reason)
+            await self.set_aside(entry_id, fields, reason)
             return None
         return Lease(message.data_stream_name, entry_id, message.info)
 
-    async def _set_aside(self, entry_id: str, fields: Fields, reason: str) -> None:
+    async def set_aside(self, entry_id: str, fields: Fields, reason: str) -> None:
+        """Move an entry to the dead-letter stream, logging why."""
         self._log.warning(
-            "LBS entry %s is invalid (%s); moved to %s",
+            "LBS entry %s set aside in %s: %s",
             entry_id,
-            reason,
             self._store.dead,
+            reason,
+            entry_id=entry_id,
         )
         await self._store.dead_letter(entry_id, fields, reason)

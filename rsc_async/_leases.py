@@ -8,23 +8,26 @@ from typing import Any
 
 import anyio
 
+from ._config import RetryConfig
 from ._errors import RedisCommandError
 from ._log import EventLog
 from ._metrics import MetricsRecorder
 from ._models import MUTEX_KEY_SEP, LBSInfo
+from ._outage import Outage
 from ._store import Store
 
 
 class Lease:
     """One held data stream: what its notifications and its finish need."""
 
-    __slots__ = ("entry_id", "finishing", "info", "key", "name", "started")
+    __slots__ = ("entry_id", "finishing", "info", "key", "name", "started", "token")
 
     def __init__(self, name: str, entry_id: str, info: dict[str, Any]) -> None:
         self.name = name
         self.entry_id = entry_id
         self.key = f"{name}{MUTEX_KEY_SEP}{entry_id}"
         self.info = info
+        self.token = 0
         self.started = time.time()
         # Set while done_stream deletes the lock, so the heartbeat does not
         # take the missing key for a lost lock.
@@ -96,6 +99,8 @@ class Heartbeat:
         self._lost = lost
         self._metrics = metrics
         self._log = log
+        # The heartbeat never gives up: each tick is the next try.
+        self._outage = Outage("the heartbeat", RetryConfig(max_retries=-1), log)
 
     async def run(self, stopping: anyio.Event) -> None:
         """Tick until *stopping* is set."""
@@ -129,8 +134,9 @@ class Heartbeat:
                 [lease.key for lease in leases], self._ttl_ms
             )
         except RedisCommandError as exc:
-            self._log.warning("heartbeat of %d locks failed: %s", len(leases), exc)
+            self._outage.failed(exc)
             return
+        self._outage.recovered()
         for lease, ok in zip(leases, kept, strict=True):
             self._metrics.record_lock_extension_attempt(lease.name, ok)
             if not ok and not lease.finishing:

@@ -28,7 +28,7 @@ class EventLog:
         """Log *msg* % *args* at *level*, about *stream* and *entry_id*."""
         if not self.logger.isEnabledFor(level):
             return
-        if stream is not None:
+        if stream is not None or entry_id is not None:
             msg = f"{msg} [stream=%r entry=%s]"
             args = (*args, stream, entry_id)
         self.logger.log(

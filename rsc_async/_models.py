@@ -80,7 +80,8 @@ class LBSMessage(BaseModel):
             raise InvalidLBSMessageError(entry_id, f"no {LBS_FIELD!r} field")
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # Deeply nested JSON exhausts the decoder's recursion limit.
             raise InvalidLBSMessageError(entry_id, "value is not JSON") from None
         if not isinstance(value, dict):
             raise InvalidLBSMessageError(entry_id, "value is not a JSON object")
@@ -122,10 +123,16 @@ class _Base(BaseModel):
 
 
 class StreamAdded(_Base):
-    """A data stream was assigned to this consumer; it holds its lock."""
+    """A data stream was assigned to this consumer; it holds its lock.
+
+    ``fencing_token`` grows with every lock taken in the service: pass it with
+    each write about this stream so that the store can refuse writes from an
+    older holder.
+    """
 
     type: Literal[NotificationType.STREAM_ADDED] = NotificationType.STREAM_ADDED
     payload: LBSInfo
+    fencing_token: int | None = None
 
 
 class StreamExpired(_Base):
@@ -140,6 +147,7 @@ class StreamDisowned(_Base):
 
     type: Literal[NotificationType.STREAM_DISOWNED] = NotificationType.STREAM_DISOWNED
     payload: LBSInfo
+    fencing_token: int | None = None
 
 
 class StreamTerminated(_Base):

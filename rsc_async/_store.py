@@ -24,6 +24,22 @@ T = TypeVar("T")
 LOCK_CHUNK = 1000
 """Locks per script call: bounds how long one call holds the server."""
 
+# Take a batch of locks, each with a fencing token from the service's counter.
+# KEYS: the lock keys, then the counter. ARGV: holder, TTL in ms. One result
+# per lock: its token, or 0 when someone holds it.
+_ACQUIRE = """
+local counter = KEYS[#KEYS]
+local out = {}
+for i = 1, #KEYS - 1 do
+  if redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = redis.call('INCR', counter)
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
 # Compare-and-extend a batch of locks; one flag per key, 1 when still ours.
 _EXTEND = """
 local out = {}
@@ -55,6 +71,37 @@ for i = 1, #KEYS - 1 do
     redis.call('XACK', lbs, ARGV[2], ARGV[i + 2])
     redis.call('XDEL', lbs, ARGV[i + 2])
     out[i] = 1
+  end
+end
+return out
+"""
+
+# End a batch of locks on purpose by making them expire now, so every consumer
+# hears the same `expired` event. One result per lock: 1 when it was ours,
+# else the other holder's name (or false when there is no lock).
+_HAND_BACK = """
+local out = {}
+for i = 1, #KEYS do
+  local holder = redis.call('GET', KEYS[i])
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], 1)
+    out[i] = 1
+  else
+    out[i] = holder
+  end
+end
+return out
+"""
+
+# Announce orphans: a lock that nobody holds is set to expire at once, which
+# every consumer hears as `expired`. One flag per key, 1 when announced.
+_ANNOUNCE = """
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', 1) then
+    out[i] = 1
+  else
+    out[i] = 0
   end
 end
 return out
@@ -110,6 +157,11 @@ class Store:
         self.lbs = f"{service}-input"
         self.group = f"{service}-group"
         self.dead = f"{service}-dead"
+        self.fencing = f"{service}-fencing"
+        self.reconcile = f"{service}-reconcile"
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._hand_back = redis.register_script(_HAND_BACK)
+        self._announce = redis.register_script(_ANNOUNCE)
         self._extend = redis.register_script(_EXTEND)
         self._finish = redis.register_script(_FINISH)
         self._release = redis.register_script(_RELEASE)
@@ -160,16 +212,16 @@ class Store:
 
     async def read_new(self, count: int, block_ms: int) -> list[Entry]:
         """Read up to *count* new LBS entries for this consumer, blocking a while."""
-        reply = await _call(
-            self.redis.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.lbs: ">"},
-                count=count,
-                block=block_ms,
-            ),
-            f"XREADGROUP {self.lbs}",
-        )
+        try:
+            reply = await self.redis.xreadgroup(
+                self.group, self.consumer, {self.lbs: ">"}, count=count, block=block_ms
+            )
+        except redis_errors.RedisError as exc:
+            if "NOGROUP" in str(exc):
+                # The LBS was deleted, or the server restarted without it.
+                await self.ensure_group()
+                return []
+            raise RedisCommandError(f"XREADGROUP {self.lbs} failed: {exc}") from exc
         # RESP2 answers [[stream, entries]]; RESP3 {stream: [entries]}.
         if isinstance(reply, dict):
             batches = [batch for value in reply.values() for batch in value]
@@ -190,26 +242,117 @@ class Store:
         )
         return decode(reply[0]), _entries(reply[1])
 
-    async def claim_entry(self, entry_id: str, min_idle_ms: int) -> Entry | None:
-        """XCLAIM one entry for this consumer; None when it was not pending."""
-        reply = await _call(
-            self.redis.xclaim(
-                self.lbs, self.group, self.consumer, min_idle_ms, [entry_id]
-            ),
-            f"XCLAIM {self.lbs} {entry_id}",
-        )
-        entries = _entries(reply)
-        return entries[0] if entries else None
+    async def claim_entry(self, entry_id: str) -> tuple[Fields, int] | None:
+        """XCLAIM one entry for this consumer, whatever its idle time.
 
-    async def acquire_locks(self, keys: Sequence[str], ttl_ms: int) -> list[bool]:
-        """SET NX each lock with this consumer's name; True where taken."""
+        Returns:
+            Its fields and how many times it has been delivered now, or None
+            when it is no longer pending.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xclaim(self.lbs, self.group, self.consumer, 0, [entry_id])
+            pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
+            claimed, pending = await _call(pipe.execute(), f"XCLAIM {entry_id}")
+        entries = _entries(claimed)
+        if not entries or entries[0][1] is None:
+            return None
+        deliveries = int(pending[0]["times_delivered"]) if pending else 1
+        return entries[0][1], deliveries
+
+    async def deliveries(self, entry_ids: Sequence[str]) -> dict[str, int]:
+        """How many times each of *entry_ids* has been delivered, if pending."""
+        if not entry_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
+            replies = await _call(pipe.execute(), "XPENDING of entries")
+        return {
+            decode(row["message_id"]): int(row["times_delivered"])
+            for reply in replies
+            for row in reply
+        }
+
+    async def pending_page(
+        self, min_idle_ms: int, after: str | None, count: int
+    ) -> list[tuple[str, int]]:
+        """One page of the group's pending entries idle at least *min_idle_ms*.
+
+        Returns:
+            (entry id, deliveries) pairs in id order, after the id *after*.
+        """
+        start = "-" if after is None else f"({after}"
+        rows: list[dict[str, Any]] = await _call(
+            self.redis.xpending_range(
+                self.lbs, self.group, start, "+", count, idle=min_idle_ms
+            ),
+            f"XPENDING {self.lbs}",
+        )
+        return [
+            (decode(row["message_id"]), int(row["times_delivered"])) for row in rows
+        ]
+
+    async def acquire_locks(self, keys: Sequence[str], ttl_ms: int) -> list[int]:
+        """Take each free lock for this consumer, with a fencing token.
+
+        Returns:
+            Per key, the new fencing token, or 0 where another holds the lock.
+        """
+        if not keys:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(keys, LOCK_CHUNK):
+                await self._acquire(
+                    [*chunk, self.fencing], [self.consumer, ttl_ms], client=pipe
+                )
+            replies = await _call(pipe.execute(), "taking locks")
+        return [int(token) for reply in replies for token in reply]
+
+    async def hand_back(self, keys: Sequence[str]) -> list[str | None]:
+        """Make each of our locks expire now, so every consumer hears of it.
+
+        Returns:
+            Per key, None when it was ours, else its holder ("" when none).
+        """
+        if not keys:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(keys, LOCK_CHUNK):
+                await self._hand_back(list(chunk), [self.consumer], client=pipe)
+            replies = await _call(pipe.execute(), "handing back locks")
+        return [
+            None if result == 1 else decode(result or b"")
+            for reply in replies
+            for result in reply
+        ]
+
+    async def announce_orphans(self, keys: Sequence[str]) -> list[bool]:
+        """Raise an `expired` event for each lock key nobody holds."""
+        if not keys:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(keys, LOCK_CHUNK):
+                await self._announce(list(chunk), [self.consumer], client=pipe)
+            replies = await _call(pipe.execute(), "announcing orphans")
+        return [bool(flag) for reply in replies for flag in reply]
+
+    async def locks_exist(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each lock key exists."""
         if not keys:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.set(key, self.consumer, nx=True, px=ttl_ms)
-            replies = await _call(pipe.execute(), "SET NX of locks")
+                pipe.exists(key)
+            replies = await _call(pipe.execute(), "EXISTS of locks")
         return [bool(reply) for reply in replies]
+
+    async def lead_sweep(self, interval_ms: int) -> bool:
+        """Whether this consumer sweeps this interval (one per service)."""
+        taken = await _call(
+            self.redis.set(self.reconcile, self.consumer, nx=True, px=interval_ms),
+            "SET NX of the sweep lock",
+        )
+        return bool(taken)
 
     async def extend_locks(self, keys: Sequence[str], ttl_ms: int) -> list[bool]:
         """Compare-and-extend every lock; True where it is still ours.
