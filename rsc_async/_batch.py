@@ -24,6 +24,7 @@ class Coalescer(Generic[Item, Result]):
     ) -> None:
         self._run_batch = run_batch
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._in_flight: list[tuple[Item, asyncio.Future[Result]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
     async def submit(self, item: Item) -> Result:
@@ -39,16 +40,34 @@ class Coalescer(Generic[Item, Result]):
         if self._drainer is not None:
             await asyncio.wait({self._drainer})
 
+    async def abandon(self, error: Exception) -> None:
+        """Cancel the batch in flight and drop the queued calls.
+
+        Their callers get *error*; the outcome of the cancelled round trip is
+        unknown.
+        """
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
+            await asyncio.wait({self._drainer})
+        waiting = self._in_flight + self._queue
+        self._in_flight, self._queue = [], []
+        for _, future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
+            self._in_flight = batch
             try:
                 results = await self._run_batch([item for item, _ in batch])
             except Exception as exc:
+                self._in_flight = []
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            self._in_flight = []
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

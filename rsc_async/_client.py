@@ -12,8 +12,10 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from ._batch import Coalescer
+from ._cluster import ClusterStore
 from ._config import MIN_HB_INTERVAL, RetryConfig, at_least, consumer_name
 from ._errors import (
     AlreadyClaimedError,
@@ -22,6 +24,7 @@ from ._errors import (
     InvalidOptionError,
     LockLostError,
     PoisonStreamError,
+    RedisCommandError,
     RSCError,
 )
 from ._keyspace import KeyspaceListener, ensure_expiry_events, expired_notifications
@@ -80,7 +83,7 @@ class RedisStreamClient:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | RedisCluster,
         service: str,
         *,
         consumer_id: str | None = None,
@@ -129,7 +132,11 @@ class RedisStreamClient:
         self._reconcile_interval = float(reconcile_interval)
         self._max_deliveries = int(max_deliveries)
 
-        self._store = Store(redis, service, self.id)
+        self._store = (
+            ClusterStore(redis, service, self.id)
+            if isinstance(redis, RedisCluster)
+            else Store(redis, service, self.id)
+        )
         self._leases = Leases()
         self._outbox = Outbox(int(output_buffer_size))
         self._finisher: Coalescer[Lease, str | None] = Coalescer(self._finish_batch)
@@ -143,7 +150,7 @@ class RedisStreamClient:
             self._outbox,
             ttl=self.hb_interval,
             read_batch=self._read_batch,
-            block_ms=_read_block_ms(redis),
+            block_ms=_read_block_ms(self._store.socket_timeout),
             max_deliveries=self._max_deliveries,
             retry=self._retry,
             metrics=self._metrics,
@@ -204,8 +211,12 @@ class RedisStreamClient:
             if self._closed:
                 msg = f"client {self.id!r} was stopped; create a new one"
                 raise RSCError(msg)
+            await self._store.prepare()
             await ensure_expiry_events(self._store, self._force_config, self._log)
             await self._store.ensure_group()
+            if self._closed:
+                # done() ran during the set-up: start nothing, as after it.
+                return
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._stopping = anyio.Event()
             self._supervisor = asyncio.create_task(self._supervise(ready))
@@ -237,6 +248,7 @@ class RedisStreamClient:
             reconciler.trigger if reconciler else lambda: None,
             force_config=self._force_config,
             check_period=CONFIG_CHECK_HEARTBEATS * self.hb_interval,
+            refresh_period=self.hb_interval,
             metrics=self._metrics,
             log=self._log,
         )
@@ -508,9 +520,15 @@ class RedisStreamClient:
             self._closed = True
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(SHUTDOWN_TIMEOUT):
+                    # A start in progress settles first, so that no task it
+                    # starts outlives this call.
+                    async with self._start_lock:
+                        pass
                     await self._let_go_of_all(
                         self.release_stream if release else self.done_stream
                     )
+                    await self._finisher.wait_idle()
+                    await self._hand_back.wait_idle()
                 await self._stop()
             self._log.info("stopped")
 
@@ -535,13 +553,19 @@ class RedisStreamClient:
                 self._log.warning("tasks did not stop in time; cancelling them")
                 supervisor.cancel()
                 await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
-        await self._finisher.wait_idle()
-        await self._hand_back.wait_idle()
+        # done() waited its time for these round trips; Redis is not answering.
+        gone = RedisCommandError(
+            f"client {self.id!r} stopped before Redis answered; the stream may "
+            "still be held"
+        )
+        await self._finisher.abandon(gone)
+        await self._hand_back.abandon(gone)
+        with anyio.move_on_after(SHUTDOWN_TIMEOUT):
+            await self._store.close()
         self._outbox.close()
 
 
-def _read_block_ms(redis: aioredis.Redis) -> int:
-    socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+def _read_block_ms(socket_timeout: float | None) -> int:
     if socket_timeout:
         return max(1, min(READ_BLOCK_MS, int(socket_timeout * 500)))
     return READ_BLOCK_MS

@@ -21,7 +21,7 @@ from ._log import EventLog
 from ._metrics import MetricsRecorder
 from ._models import MUTEX_KEY_SEP, LBSInfo, LBSMessage, StreamExpired, decode
 from ._outage import Outage
-from ._store import ConfigRefusedError, Store
+from ._store import ConfigRefusedError, NodeConfig, Store
 
 NOTIFY_SETTING = "notify-keyspace-events"
 
@@ -37,7 +37,8 @@ def missing_flags(flags: str) -> str:
 async def ensure_expiry_events(
     store: Store, force: bool, log: EventLog, *, restoring: bool = False
 ) -> None:
-    """Make the server publish lock expiries, changing as little as it can.
+    """Make every server of *store* publish lock expiries, changing as little
+    as it can.
 
     With *restoring*, the flags were set before and are checked again (a
     restarted or failed-over server forgets a CONFIG SET): a change is logged
@@ -47,16 +48,23 @@ async def ensure_expiry_events(
         ExistingKeyspaceConfigError: other flags are set and *force* is False.
         KeyspaceConfigError: the flags are missing and CONFIG SET is refused.
     """
+    for node in store.config_targets():
+        await _ensure_on(node, force, log, restoring)
+
+
+async def _ensure_on(
+    node: NodeConfig, force: bool, log: EventLog, restoring: bool
+) -> None:
     try:
-        flags = await store.notify_config()
+        flags = await node.get()
     except ConfigRefusedError:
-        if restoring:
-            return
-        log.warning(
-            "CONFIG GET %s is refused; lock expiry events depend on the server's "
-            "configuration, which must include the flags K and x",
-            NOTIFY_SETTING,
-        )
+        if not restoring:
+            log.warning(
+                "CONFIG GET %s is refused on %s; lock expiry events depend on "
+                "the server's configuration, which must include the flags K and x",
+                NOTIFY_SETTING,
+                node.name,
+            )
         return
     missing = missing_flags(flags)
     if not missing:
@@ -65,16 +73,18 @@ async def ensure_expiry_events(
         raise ExistingKeyspaceConfigError(flags)
     wanted = flags + missing if flags else "KEx"
     try:
-        await store.set_notify_config(wanted)
+        await node.set(wanted)
     except ConfigRefusedError as exc:
         msg = (
-            f"{NOTIFY_SETTING} is {flags!r} and CONFIG SET is refused; enable "
-            f"lock expiry events in the server's configuration "
+            f"{NOTIFY_SETTING} is {flags!r} on {node.name} and CONFIG SET is "
+            f"refused; enable lock expiry events in the server's configuration "
             f"({NOTIFY_SETTING} {wanted!r})"
         )
         raise KeyspaceConfigError(msg) from exc
     level = logging.WARNING if restoring else logging.INFO
-    log.log(level, "set %s from %r to %r", NOTIFY_SETTING, flags, wanted)
+    log.log(
+        level, "set %s on %s from %r to %r", NOTIFY_SETTING, node.name, flags, wanted
+    )
 
 
 class KeyspaceListener:
@@ -96,6 +106,7 @@ class KeyspaceListener:
         *,
         force_config: bool,
         check_period: float,
+        refresh_period: float,
         metrics: MetricsRecorder,
         log: EventLog,
     ) -> None:
@@ -103,6 +114,7 @@ class KeyspaceListener:
         self._on_resubscribed = on_resubscribed
         self._force_config = force_config
         self._check_period = check_period
+        self._refresh_period = refresh_period
         self._buffer: deque[LBSInfo] = deque()
         self._buffer_size = buffer_size
         self._heard = anyio.Event()
@@ -125,6 +137,7 @@ class KeyspaceListener:
         outage = Outage("the keyspace subscription", self._retry, self._log)
         resubscribing = False
         next_check = time.monotonic() + self._check_period
+        next_refresh = time.monotonic() + self._refresh_period
         try:
             while not stopping.is_set():
                 try:
@@ -139,6 +152,11 @@ class KeyspaceListener:
                         resubscribing = True
                         task_status.started()
                         task_status = anyio.TASK_STATUS_IGNORED
+                    elif time.monotonic() >= next_refresh:
+                        # A cluster's primaries change in a failover; their
+                        # events must be heard within a heartbeat or so.
+                        await subscription.refresh()
+                        next_refresh = time.monotonic() + self._refresh_period
                     elif time.monotonic() >= next_check:
                         await self._check_config()
                         next_check = time.monotonic() + self._check_period

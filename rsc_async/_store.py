@@ -8,10 +8,11 @@ cannot be reached or refuses a command; nothing outside this module catches
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.commands.core import AsyncScript
 
 from ._errors import RedisCommandError
 from ._models import LBS_FIELD, decode
@@ -93,26 +94,17 @@ end
 return out
 """
 
-# Announce orphans: a lock that nobody holds is set to expire at once, which
-# every consumer hears as `expired`. One flag per key, 1 when announced.
-_ANNOUNCE = """
+# Compare-and-delete a batch of locks; one flag per key, 1 when deleted.
+_RELEASE = """
 local out = {}
 for i = 1, #KEYS do
-  if redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', 1) then
-    out[i] = 1
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    out[i] = redis.call('DEL', KEYS[i])
   else
     out[i] = 0
   end
 end
 return out
-"""
-
-# Compare-and-delete one lock; 1 when deleted.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
 """
 
 
@@ -147,6 +139,37 @@ def _entries(raw: Iterable[Any]) -> list[Entry]:
     return [(decode(entry_id), fields) for entry_id, fields in raw]
 
 
+class NodeConfig:
+    """The ``notify-keyspace-events`` setting of one server."""
+
+    def __init__(self, redis: Any, name: str) -> None:
+        self._redis = redis
+        self.name = name
+
+    async def get(self) -> str:
+        """The current flags.
+
+        Raises:
+            ConfigRefusedError: CONFIG GET is not allowed.
+        """
+        reply = await _call(
+            self._redis.config_get("notify-keyspace-events"),
+            f"CONFIG GET notify-keyspace-events on {self.name}",
+        )
+        return decode(next(iter(reply.values()), None) or "")
+
+    async def set(self, flags: str) -> None:
+        """Set the flags.
+
+        Raises:
+            ConfigRefusedError: CONFIG SET is not allowed.
+        """
+        await _call(
+            self._redis.config_set("notify-keyspace-events", flags),
+            f"CONFIG SET notify-keyspace-events on {self.name}",
+        )
+
+
 class Store:
     """The keys of one service in one Redis, seen by one consumer."""
 
@@ -161,7 +184,6 @@ class Store:
         self.reconcile = f"{service}-reconcile"
         self._acquire = redis.register_script(_ACQUIRE)
         self._hand_back = redis.register_script(_HAND_BACK)
-        self._announce = redis.register_script(_ANNOUNCE)
         self._extend = redis.register_script(_EXTEND)
         self._finish = redis.register_script(_FINISH)
         self._release = redis.register_script(_RELEASE)
@@ -169,9 +191,30 @@ class Store:
     @property
     def db(self) -> int:
         """The database number the client talks to."""
-        return int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+        return int(self._connection_kwargs.get("db", 0) or 0)
 
-    def subscription(self, pattern: str) -> Subscription:
+    @property
+    def socket_timeout(self) -> float | None:
+        """The client's socket timeout in seconds, if it has one."""
+        timeout = self._connection_kwargs.get("socket_timeout")
+        return float(timeout) if timeout else None
+
+    @property
+    def _connection_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = self.redis.connection_pool.connection_kwargs
+        return kwargs
+
+    def config_targets(self) -> list[NodeConfig]:
+        """The servers whose ``notify-keyspace-events`` matter."""
+        return [NodeConfig(self.redis, "the server")]
+
+    async def prepare(self) -> None:
+        """Get ready to send commands (a cluster client learns its nodes)."""
+
+    async def close(self) -> None:
+        """Release what the store opened besides the user's client."""
+
+    def subscription(self, pattern: str) -> EventSource:
         """A new subscription to *pattern*, not yet subscribed."""
         return Subscription(self.redis, pattern)
 
@@ -186,29 +229,6 @@ class Store:
                 ) from exc
         except redis_errors.RedisError as exc:
             raise RedisCommandError(f"XGROUP CREATE {self.lbs} failed: {exc}") from exc
-
-    async def notify_config(self) -> str:
-        """The server's ``notify-keyspace-events``.
-
-        Raises:
-            ConfigRefusedError: CONFIG GET is not allowed.
-        """
-        reply = await _call(
-            self.redis.config_get("notify-keyspace-events"),
-            "CONFIG GET notify-keyspace-events",
-        )
-        return decode(next(iter(reply.values()), None) or "")
-
-    async def set_notify_config(self, flags: str) -> None:
-        """Set the server's ``notify-keyspace-events``.
-
-        Raises:
-            ConfigRefusedError: CONFIG SET is not allowed.
-        """
-        await _call(
-            self.redis.config_set("notify-keyspace-events", flags),
-            "CONFIG SET notify-keyspace-events",
-        )
 
     async def read_new(self, count: int, block_ms: int) -> list[Entry]:
         """Read up to *count* new LBS entries for this consumer, blocking a while."""
@@ -314,27 +334,22 @@ class Store:
         Returns:
             Per key, None when it was ours, else its holder ("" when none).
         """
-        if not keys:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(keys, LOCK_CHUNK):
-                await self._hand_back(list(chunk), [self.consumer], client=pipe)
-            replies = await _call(pipe.execute(), "handing back locks")
-        return [
-            None if result == 1 else decode(result or b"")
-            for reply in replies
-            for result in reply
-        ]
+        results = await self._per_key(
+            self._hand_back, keys, [self.consumer], "handing back locks"
+        )
+        return [None if result == 1 else decode(result or b"") for result in results]
 
     async def announce_orphans(self, keys: Sequence[str]) -> list[bool]:
         """Raise an `expired` event for each lock key nobody holds."""
         if not keys:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(keys, LOCK_CHUNK):
-                await self._announce(list(chunk), [self.consumer], client=pipe)
+            for key in keys:
+                # A lock nobody holds, set to expire at once: every consumer
+                # hears `expired` as if a holder had just died.
+                pipe.set(key, self.consumer, nx=True, px=1)
             replies = await _call(pipe.execute(), "announcing orphans")
-        return [bool(flag) for reply in replies for flag in reply]
+        return [bool(reply) for reply in replies]
 
     async def locks_exist(self, keys: Sequence[str]) -> list[bool]:
         """Whether each lock key exists."""
@@ -355,7 +370,16 @@ class Store:
         return bool(taken)
 
     async def extend_locks(self, keys: Sequence[str], ttl_ms: int) -> list[bool]:
-        """Compare-and-extend every lock; True where it is still ours.
+        """Compare-and-extend every lock; True where it is still ours."""
+        flags = await self._per_key(
+            self._extend, keys, [self.consumer, ttl_ms], "lock extension"
+        )
+        return [bool(flag) for flag in flags]
+
+    async def _per_key(
+        self, script: AsyncScript, keys: Sequence[str], args: list[Any], what: str
+    ) -> list[Any]:
+        """Run a script that answers one value per key over *keys*.
 
         Keys go in chunks of :data:`LOCK_CHUNK` so that no script call holds
         the server long, all chunks in one round trip.
@@ -364,16 +388,16 @@ class Store:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in _chunks(keys, LOCK_CHUNK):
-                await self._extend(list(chunk), [self.consumer, ttl_ms], client=pipe)
-            replies = await _call(pipe.execute(), "lock extension")
-        return [bool(flag) for reply in replies for flag in reply]
+                await script(list(chunk), args, client=pipe)
+            replies = await _call(pipe.execute(), what)
+        return [value for reply in replies for value in reply]
 
     async def release_lock(self, key: str) -> bool:
         """Compare-and-delete one lock; True when it was ours."""
-        reply = await _call(
-            self._release([key], [self.consumer]), f"release of lock {key}"
+        [released] = await self._per_key(
+            self._release, [key], [self.consumer], f"release of lock {key}"
         )
-        return bool(reply)
+        return bool(released)
 
     async def finish(self, locks: Sequence[tuple[str, str]]) -> list[str | None]:
         """Release locks and XACK and XDEL their entries, in one round trip.
@@ -411,11 +435,21 @@ class Store:
         for key, value in (fields or {}).items():
             if decode(key) == LBS_FIELD:
                 record[LBS_FIELD] = decode(value)
+        # The copy is made before the entry goes: a crash in between leaves
+        # the entry to be set aside again, never lost. (The two keys may live
+        # on different nodes of a cluster, so this is two steps.)
+        await _call(
+            self.redis.xadd(self.dead, record),  # type: ignore[arg-type]
+            f"XADD {self.dead}",
+        )
+        await self._forget(entry_id)
+
+    async def _forget(self, *entry_ids: str) -> None:
+        """XACK and XDEL entries of the LBS, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.dead, record)  # type: ignore[arg-type]
-            pipe.xack(self.lbs, self.group, entry_id)
-            pipe.xdel(self.lbs, entry_id)
-            await _call(pipe.execute(), f"dead-lettering {entry_id}")
+            pipe.xack(self.lbs, self.group, *entry_ids)
+            pipe.xdel(self.lbs, *entry_ids)
+            await _call(pipe.execute(), f"XACK and XDEL of {len(entry_ids)} entries")
 
     async def entries(self, entry_ids: Sequence[str]) -> dict[str, Fields]:
         """The fields of those of *entry_ids* still in the LBS."""
@@ -430,6 +464,29 @@ class Store:
             for entry_id, fields in _entries(reply):
                 found[entry_id] = fields or {}
         return found
+
+
+class EventSource(Protocol):
+    """Where keyspace events come from: one connection, or one per node."""
+
+    @property
+    def active(self) -> bool:
+        """Whether the pattern is subscribed."""
+
+    async def subscribe(self) -> None:
+        """Subscribe and wait for the confirmation."""
+
+    async def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next published message, or None after *timeout* seconds."""
+
+    async def refresh(self) -> None:
+        """Follow changes of the servers' topology."""
+
+    async def reset(self) -> None:
+        """Drop the subscription; subscribe again after."""
+
+    async def close(self) -> None:
+        """Release the connections."""
 
 
 class Subscription:
@@ -457,9 +514,14 @@ class Subscription:
         )
         return message
 
+    async def refresh(self) -> None:
+        """Follow changes of the servers' topology; nothing to do on one server."""
+
     async def reset(self) -> None:
         """Drop the connection and the subscription; subscribe again after."""
-        await self._pubsub.reset()
+        # aclose() leaves the PubSub reusable; reset() is its deprecated alias,
+        # whose warning escapes as an error where warnings are errors.
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         """Release the connection."""
