@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -74,6 +75,10 @@ class ClusterStore(Store):
         """Learn the cluster's nodes and slots."""
         await _call(self.redis.initialize(), "discovering the cluster")
 
+    async def refresh_topology(self) -> None:
+        """Read the slot map again, after a failover or a resharding."""
+        await _call(self.redis.nodes_manager.initialize(), "reading the slot map")
+
     async def close(self) -> None:
         """Close the connections opened to single nodes."""
         clients, self._node_clients = self._node_clients, {}
@@ -119,42 +124,84 @@ class ClusterStore(Store):
         return ClusterSubscription(self, pattern)
 
     async def _per_key(
-        self, script: AsyncScript, keys: Sequence[str], args: list[Any], what: str
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: list[Any],
+        what: str,
+        *,
+        answer_within: float | None = None,
     ) -> list[Any]:
-        """Run a one-value-per-key script per slot, one pipeline per node."""
-        if not keys:
-            return []
+        """Run a one-value-per-key script per slot, one pipeline per node.
+
+        Nodes that fail (slots moved in a failover, a node restarting) are
+        tried once more after the slot map is read again, so a failover costs
+        one extra round trip rather than a missed heartbeat. With *answer_within*,
+        the keys of a node that does not answer in time get None, and the
+        other nodes' answers stand.
+        """
+        results: list[Any] = [None] * len(keys)
+        pending = list(range(len(keys)))
+        for _ in range(2):
+            failures = await self._run_by_node(
+                script, keys, pending, args, results, answer_within
+            )
+            if not failures:
+                return results
+            pending = [index for indexes, _ in failures for index in indexes]
+            await self.refresh_topology()
+        error = failures[0][1]
+        raise RedisCommandError(f"{what} failed on {len(failures)} nodes: {error}")
+
+    async def _run_by_node(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        indexes: list[int],
+        args: list[Any],
+        results: list[Any],
+        answer_within: float | None,
+    ) -> list[tuple[list[int], Exception]]:
+        """Run *script* over the keys at *indexes*; the indexes of failed nodes."""
         by_node: dict[tuple[str, int], dict[int, list[int]]] = defaultdict(
             lambda: defaultdict(list)
         )
-        for index, key in enumerate(keys):
-            slot = self.redis.keyslot(key)
+        for index in indexes:
+            slot = self.redis.keyslot(keys[index])
             node = self.redis.nodes_manager.get_node_from_slot(slot)
             by_node[(node.host, int(node.port))][slot].append(index)
-        results: list[Any] = [None] * len(keys)
 
         async def run_on(address: tuple[str, int], slots: dict[int, list[int]]) -> None:
             order: list[int] = []
             async with self.node_client(*address).pipeline(transaction=False) as pipe:
-                for indexes in slots.values():
-                    for chunk in _chunks(indexes, LOCK_CHUNK):
+                for slot_indexes in slots.values():
+                    for chunk in _chunks(slot_indexes, LOCK_CHUNK):
                         await script([keys[i] for i in chunk], args, client=pipe)
                         order.extend(chunk)
-                replies = await _call(
-                    pipe.execute(), f"{what} on {address[0]}:{address[1]}"
-                )
+                replies = await pipe.execute()
             for index, value in zip(
                 order, (v for reply in replies for v in reply), strict=True
             ):
                 results[index] = value
 
-        try:
-            await asyncio.gather(*(run_on(a, s) for a, s in by_node.items()))
-        except RedisCommandError:
-            # Slots may have moved; learn the new map for the next call.
-            await self.prepare()
-            raise
-        return results
+        nodes = list(by_node.items())
+        outcomes = await asyncio.gather(
+            *(
+                asyncio.wait_for(run_on(address, slots), answer_within)
+                for address, slots in nodes
+            ),
+            return_exceptions=True,
+        )
+        failures: list[tuple[list[int], Exception]] = []
+        for (_, slots), outcome in zip(nodes, outcomes, strict=True):
+            if isinstance(outcome, asyncio.TimeoutError):
+                continue  # Its keys stay None: unanswered, not failed.
+            if isinstance(outcome, redis_errors.RedisError | OSError):
+                failed = [index for group in slots.values() for index in group]
+                failures.append((failed, outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return failures
 
     async def acquire_locks(self, keys: Sequence[str], ttl_ms: int) -> list[int]:
         """Take each free lock, then one token per lock taken from the counter."""
@@ -266,10 +313,10 @@ class ClusterSubscription:
             if message is not None:
                 self._queue.put_nowait(message)
 
-    async def next(self, timeout: float) -> dict[str, Any] | None:
-        """The next message from any primary, or None after *timeout* seconds."""
+    async def next(self, wait: float) -> dict[str, Any] | None:
+        """The next message from any primary, or None after *wait* seconds."""
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            item = await asyncio.wait_for(self._queue.get(), wait)
         except asyncio.TimeoutError:
             return None
         if isinstance(item, Exception):

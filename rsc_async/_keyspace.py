@@ -157,10 +157,12 @@ class KeyspaceListener:
                         # events must be heard within a heartbeat or so.
                         await subscription.refresh()
                         next_refresh = time.monotonic() + self._refresh_period
-                    elif time.monotonic() >= next_check:
+                    # Not an elif: a refresh is due on nearly every pass and
+                    # would starve the check.
+                    if time.monotonic() >= next_check:
                         await self._check_config()
                         next_check = time.monotonic() + self._check_period
-                    message = await subscription.next(timeout=0.5)
+                    message = await subscription.next(wait=0.5)
                 except RedisCommandError as exc:
                     delay = outage.failed(exc)
                     if delay is None:

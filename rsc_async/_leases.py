@@ -76,11 +76,18 @@ class Leases:
         return lease if lease is not None and lease.key == key else None
 
 
+RETRY_FRACTION = 0.2
+"""After a tick Redis did not answer, the next comes this part of a period
+later, not a whole period: the locks then have about half their TTL left, and a
+dropped connection or a quick restart must not cost them."""
+
+
 class Heartbeat:
     """Extends every held lock each half interval, in one round trip per tick.
 
     Ticks are scheduled by deadline: a slow tick shortens the wait for the
-    next one instead of pushing every lock closer to expiry.
+    next one instead of pushing every lock closer to expiry. A failed tick is
+    tried again soon, while the locks still live.
     """
 
     def __init__(
@@ -111,7 +118,7 @@ class Heartbeat:
             if stopping.is_set():
                 return
             started = time.monotonic()
-            await self.tick()
+            answered = await self.tick()
             elapsed = time.monotonic() - started
             if elapsed > self.period:
                 self._log.warning(
@@ -119,25 +126,36 @@ class Heartbeat:
                     elapsed,
                     self.period,
                 )
+            if not answered:
+                deadline = time.monotonic() + self.period * RETRY_FRACTION
+                continue
             deadline += self.period
             if deadline < time.monotonic():
                 # Ticks were missed; the next one goes now, not in a burst.
                 deadline = time.monotonic()
 
-    async def tick(self) -> None:
-        """Extend every held lock once; report those found lost."""
+    async def tick(self) -> bool:
+        """Extend every held lock once; report those found lost.
+
+        Returns:
+            False when Redis failed, so the locks were not extended.
+        """
         leases = [lease for lease in self._leases if not lease.finishing]
         if not leases:
-            return
+            return True
         try:
+            # Bounded by the period, so one slow server cannot hold back the
+            # next tick, nor the locks kept on other nodes of a cluster.
             kept = await self._store.extend_locks(
-                [lease.key for lease in leases], self._ttl_ms
+                [lease.key for lease in leases], self._ttl_ms, self.period
             )
         except RedisCommandError as exc:
             self._outage.failed(exc)
-            return
+            return False
         self._outage.recovered()
         for lease, ok in zip(leases, kept, strict=True):
+            if ok is None:
+                continue  # Unanswered: the next tick tries again.
             self._metrics.record_lock_extension_attempt(lease.name, ok)
             if not ok and not lease.finishing:
                 self._lost(lease)
@@ -146,3 +164,4 @@ class Heartbeat:
             kept.count(True),
             kept.count(False),
         )
+        return True

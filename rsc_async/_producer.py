@@ -7,13 +7,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from ._errors import InvalidOptionError, RedisCommandError
 from ._models import LBS_FIELD, MUTEX_KEY_SEP, LBSMessage, decode
 
 
 async def add_stream(
-    redis: aioredis.Redis,
+    redis: aioredis.Redis | RedisCluster,
     service: str,
     data_stream_name: str,
     info: Mapping[str, Any] | None = None,

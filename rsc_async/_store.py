@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
@@ -218,10 +219,16 @@ class Store:
         """A new subscription to *pattern*, not yet subscribed."""
         return Subscription(self.redis, pattern)
 
-    async def ensure_group(self) -> None:
-        """Create the consumer group, and the LBS with it, unless it exists."""
+    async def ensure_group(self, start: str = "$") -> None:
+        """Create the consumer group, and the LBS with it, unless it exists.
+
+        Args:
+            start: the id after which the group hands out entries.
+        """
         try:
-            await self.redis.xgroup_create(self.lbs, self.group, id="$", mkstream=True)
+            await self.redis.xgroup_create(
+                self.lbs, self.group, id=start, mkstream=True
+            )
         except redis_errors.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise RedisCommandError(
@@ -238,8 +245,10 @@ class Store:
             )
         except redis_errors.RedisError as exc:
             if "NOGROUP" in str(exc):
-                # The LBS was deleted, or the server restarted without it.
-                await self.ensure_group()
+                # The LBS was deleted, or the server restarted without it. The
+                # group went with it, so no entry there now was ever handed
+                # out, even one a producer added before this read: start at 0.
+                await self.ensure_group(start="0")
                 return []
             raise RedisCommandError(f"XREADGROUP {self.lbs} failed: {exc}") from exc
         # RESP2 answers [[stream, entries]]; RESP3 {stream: [entries]}.
@@ -369,27 +378,51 @@ class Store:
         )
         return bool(taken)
 
-    async def extend_locks(self, keys: Sequence[str], ttl_ms: int) -> list[bool]:
-        """Compare-and-extend every lock; True where it is still ours."""
+    async def extend_locks(
+        self, keys: Sequence[str], ttl_ms: int, answer_within: float
+    ) -> list[bool | None]:
+        """Compare-and-extend every lock, giving up after *answer_within* seconds.
+
+        Returns:
+            Per key, True where it is still ours, False where it is not, None
+            where the server did not answer in time (a cluster node that is
+            failing over, say).
+        """
         flags = await self._per_key(
-            self._extend, keys, [self.consumer, ttl_ms], "lock extension"
+            self._extend,
+            keys,
+            [self.consumer, ttl_ms],
+            "lock extension",
+            answer_within=answer_within,
         )
-        return [bool(flag) for flag in flags]
+        return [None if flag is None else bool(flag) for flag in flags]
 
     async def _per_key(
-        self, script: AsyncScript, keys: Sequence[str], args: list[Any], what: str
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: list[Any],
+        what: str,
+        *,
+        answer_within: float | None = None,
     ) -> list[Any]:
         """Run a script that answers one value per key over *keys*.
 
         Keys go in chunks of :data:`LOCK_CHUNK` so that no script call holds
-        the server long, all chunks in one round trip.
+        the server long, all chunks in one round trip. Past *answer_within* seconds
+        the call fails with :class:`RedisCommandError`.
         """
         if not keys:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk in _chunks(keys, LOCK_CHUNK):
                 await script(list(chunk), args, client=pipe)
-            replies = await _call(pipe.execute(), what)
+            try:
+                with anyio.fail_after(answer_within):
+                    replies = await _call(pipe.execute(), what)
+            except TimeoutError:
+                msg = f"{what} got no answer within {answer_within} s"
+                raise RedisCommandError(msg) from None
         return [value for reply in replies for value in reply]
 
     async def release_lock(self, key: str) -> bool:
@@ -476,8 +509,8 @@ class EventSource(Protocol):
     async def subscribe(self) -> None:
         """Subscribe and wait for the confirmation."""
 
-    async def next(self, timeout: float) -> dict[str, Any] | None:
-        """The next published message, or None after *timeout* seconds."""
+    async def next(self, wait: float) -> dict[str, Any] | None:
+        """The next published message, or None after *wait* seconds."""
 
     async def refresh(self) -> None:
         """Follow changes of the servers' topology."""
@@ -506,10 +539,10 @@ class Subscription:
         await _call(self._pubsub.psubscribe(self._pattern), "PSUBSCRIBE")
         await _call(self._pubsub.get_message(timeout=1.0), "PSUBSCRIBE")
 
-    async def next(self, timeout: float) -> dict[str, Any] | None:
-        """The next published message, or None after *timeout* seconds."""
+    async def next(self, wait: float) -> dict[str, Any] | None:
+        """The next published message, or None after *wait* seconds."""
         message: dict[str, Any] | None = await _call(
-            self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout),
+            self._pubsub.get_message(ignore_subscribe_messages=True, timeout=wait),
             "reading keyspace events",
         )
         return message
