@@ -27,6 +27,7 @@ from ._errors import (
     RedisCommandError,
     RSCError,
 )
+from ._heartbeat_thread import HeartbeatThread, check_cloneable
 from ._keyspace import KeyspaceListener, ensure_expiry_events, expired_notifications
 from ._lbs import LBSReader, too_many_deliveries
 from ._leases import Heartbeat, Lease, Leases
@@ -76,6 +77,13 @@ class RedisStreamClient:
             service; default ``lbs_idle_time``; 0 turns them off.
         max_deliveries: an LBS entry delivered more often than this is moved
             to the dead-letter stream instead of being handed out again.
+        heartbeat_thread: run the heartbeat on a thread with its own
+            connection, so locks are kept while handlers block the event loop
+            (CPU-bound work). Needs a plain ``redis.asyncio.Redis``; the
+            ``metrics`` recorder is then called from that thread too.
+        progress_deadline: with ``heartbeat_thread``, seconds the event loop
+            may go without progress before the locks are let go; at least
+            ``hb_interval``.
 
     Raises:
         InvalidOptionError: an option is out of range (a ``ValueError``).
@@ -99,6 +107,8 @@ class RedisStreamClient:
         read_batch: int = 100,
         reconcile_interval: float | None = None,
         max_deliveries: int = 10,
+        heartbeat_thread: bool = False,
+        progress_deadline: float = 60.0,
     ) -> None:
         if not isinstance(service, str) or not service:
             raise InvalidOptionError("service", service, "must be a non-empty str")
@@ -111,6 +121,9 @@ class RedisStreamClient:
         at_least("output_buffer_size", output_buffer_size, 1)
         at_least("read_batch", read_batch, 1)
         at_least("max_deliveries", max_deliveries, 1)
+        at_least("progress_deadline", progress_deadline, hb_interval)
+        if heartbeat_thread:
+            check_cloneable(redis)
         if reconcile_interval is None:
             reconcile_interval = lbs_idle_time
         if reconcile_interval != 0:
@@ -131,6 +144,8 @@ class RedisStreamClient:
         self._read_batch = int(read_batch)
         self._reconcile_interval = float(reconcile_interval)
         self._max_deliveries = int(max_deliveries)
+        self._heartbeat_thread = heartbeat_thread
+        self._progress_deadline = float(progress_deadline)
 
         self._store = (
             ClusterStore(redis, service, self.id)
@@ -212,6 +227,7 @@ class RedisStreamClient:
                 msg = f"client {self.id!r} was stopped; create a new one"
                 raise RSCError(msg)
             await self._store.prepare()
+            self._explain_retries()
             await ensure_expiry_events(self._store, self._force_config, self._log)
             await self._store.ensure_group()
             if self._closed:
@@ -227,6 +243,21 @@ class RedisStreamClient:
                 raise
             self._started = True
             self._log.info("started; holds %d data streams", len(self._leases))
+
+    def _explain_retries(self) -> None:
+        retries = self._store.command_retries
+        if retries <= 1:
+            return
+        ours = self._retry.max_retries
+        total = "forever" if ours == -1 else f"{(retries + 1) * (ours + 1)} times"
+        self._log.info(
+            "the Redis client retries each failed command %d times with its own "
+            "back-off before this client's RetryConfig counts one failure, so an "
+            "outage is retried %s in all; give the Redis client "
+            "retry=Retry(NoBackoff(), 1) to leave outages to RetryConfig",
+            retries,
+            total,
+        )
 
     async def _supervise(self, ready: asyncio.Future[None]) -> None:
         assert self._stopping is not None
@@ -252,14 +283,26 @@ class RedisStreamClient:
             metrics=self._metrics,
             log=self._log,
         )
-        heartbeat = Heartbeat(
-            self._store,
-            self._leases,
-            self.hb_interval,
-            self._disown,
-            self._metrics,
-            self._log,
-        )
+        heartbeat: Heartbeat | HeartbeatThread
+        if self._heartbeat_thread:
+            heartbeat = HeartbeatThread(
+                self._store,
+                self._leases,
+                self.hb_interval,
+                self._disown,
+                self._metrics,
+                self._log,
+                self._progress_deadline,
+            )
+        else:
+            heartbeat = Heartbeat(
+                self._store,
+                self._leases,
+                self.hb_interval,
+                self._disown,
+                self._metrics,
+                self._log,
+            )
         try:
             async with anyio.create_task_group() as tasks:
                 self._scope = tasks.cancel_scope
@@ -439,8 +482,9 @@ class RedisStreamClient:
 
         Raises:
             DataStreamNotFoundError: this consumer does not hold *name*.
-            LockLostError: another consumer holds the lock now; nothing was
-                acknowledged.
+            LockLostError: another consumer holds the lock now, or took the
+                stream over after the lock ran out (and may have finished it);
+                nothing was acknowledged.
             RedisCommandError: Redis failed; the stream is still held.
         """
         await self._let_go(name, self._finisher, "finished")

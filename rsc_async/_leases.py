@@ -98,8 +98,10 @@ class Heartbeat:
         lost: Callable[[Lease], None],
         metrics: MetricsRecorder,
         log: EventLog,
+        may_extend: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
+        self._may_extend = may_extend
         self._leases = leases
         self._ttl_ms = max(1, round(ttl * 1000))
         self.period = ttl / 2
@@ -118,7 +120,7 @@ class Heartbeat:
             if stopping.is_set():
                 return
             started = time.monotonic()
-            answered = await self.tick()
+            answered = await self.tick() if self._may_extend() else True
             elapsed = time.monotonic() - started
             if elapsed > self.period:
                 self._log.warning(

@@ -66,9 +66,7 @@ class LBSMessage(BaseModel):
         )
 
     @classmethod
-    def from_entry(
-        cls, entry_id: str, fields: Mapping[bytes | str, bytes | str] | None
-    ) -> LBSMessage:
+    def from_entry(cls, entry_id: str, fields: Mapping[Any, Any] | None) -> LBSMessage:
         """Parse the fields of one LBS entry.
 
         Raises:
@@ -99,7 +97,7 @@ class LBSMessage(BaseModel):
         return cls(data_stream_name=name, info=info)
 
 
-def lbs_input(fields: Mapping[bytes | str, bytes | str] | None) -> str | None:
+def lbs_input(fields: Mapping[Any, Any] | None) -> str | None:
     """Return the raw ``lbs-input`` value of an entry's fields, if it has one."""
     for key, value in (fields or {}).items():
         if decode(key) == LBS_FIELD:

@@ -58,12 +58,24 @@ return out
 
 # Compare-and-delete a batch of locks and finish their entries. KEYS: the lock
 # keys, then the LBS. ARGV: holder, group, then one entry id per lock. One
-# result per lock: 1 when finished, else the name of the other holder.
+# result per lock: 1 when finished, else the name of the other holder ("" when
+# the entry is no longer pending: another consumer finished it). A lock that
+# ran out still lets its old holder finish, unless another consumer claimed the
+# entry since (it is pending under that consumer, or no longer pending).
 _FINISH = """
 local lbs = KEYS[#KEYS]
 local out = {}
 for i = 1, #KEYS - 1 do
   local holder = redis.call('GET', KEYS[i])
+  if not holder then
+    local id = ARGV[i + 2]
+    local row = redis.call('XPENDING', lbs, ARGV[2], id, id, 1)[1]
+    if not row then
+      holder = ''
+    elseif row[2] ~= ARGV[1] then
+      holder = row[2]
+    end
+  end
   if holder and holder ~= ARGV[1] then
     out[i] = holder
   else
@@ -204,6 +216,12 @@ class Store:
     def _connection_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = self.redis.connection_pool.connection_kwargs
         return kwargs
+
+    @property
+    def command_retries(self) -> int:
+        """How often the Redis client itself retries a failed command."""
+        retry = getattr(self.redis, "retry", None) or self.redis.get_retry()
+        return int(retry.get_retries()) if retry is not None else 0
 
     def config_targets(self) -> list[NodeConfig]:
         """The servers whose ``notify-keyspace-events`` matter."""
@@ -440,7 +458,8 @@ class Store:
 
         Returns:
             Per pair, None when finished, else the consumer now holding the lock
-            (its entry is left untouched).
+            or the entry ("" when another consumer finished it); the entry is
+            then left untouched.
         """
         if not locks:
             return []
