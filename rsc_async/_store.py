@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
 
 from ._errors import RedisCommandError
@@ -545,8 +546,10 @@ class Subscription:
     """A pattern subscription on its own connection, errors translated."""
 
     def __init__(self, redis: aioredis.Redis, pattern: str) -> None:
+        self._redis = redis
         self._pubsub = redis.pubsub()
         self._pattern = pattern
+        self._primary: tuple[str, int] | None = None
 
     @property
     def active(self) -> bool:
@@ -567,7 +570,27 @@ class Subscription:
         return message
 
     async def refresh(self) -> None:
-        """Follow changes of the servers' topology; nothing to do on one server."""
+        """Follow a Sentinel failover; nothing to do on a plain server.
+
+        After a failover the old primary goes on answering until Sentinel
+        demotes it, seconds later, and what is written there meanwhile is
+        lost. So when the sentinels name a new primary, every connection of
+        the pool is dropped at once, and this subscription fails so that it is
+        made again on the new primary.
+
+        Raises:
+            RedisCommandError: the primary moved.
+        """
+        pool = self._redis.connection_pool
+        if not isinstance(pool, SentinelConnectionPool):
+            return
+        asking = pool.get_master_address()  # type: ignore[no-untyped-call]
+        address = await _call(asking, "asking the sentinels")
+        moved = self._primary is not None and address != self._primary
+        self._primary = address
+        if moved:
+            await pool.disconnect(inuse_connections=True)
+            raise RedisCommandError(f"the primary moved to {address[0]}:{address[1]}")
 
     async def reset(self) -> None:
         """Drop the connection and the subscription; subscribe again after."""
