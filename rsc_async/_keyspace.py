@@ -226,7 +226,10 @@ async def expired_notifications(
     """StreamExpired for each expired lock whose entry is still in the LBS.
 
     An entry that is gone was finished after its lock expired: there is
-    nothing left to claim, so it is not announced.
+    nothing left to claim, so it is not announced. Nor is a lock whose entry id
+    belongs to an entry of another data stream: entry ids repeat across the
+    LBSs of services that share a database, and every service hears every
+    lock's expiry.
     """
     try:
         found = await store.entries([info.id_in_lbs for info in expired])
@@ -245,8 +248,17 @@ async def expired_notifications(
             )
             continue
         try:
-            extra = LBSMessage.from_entry(info.id_in_lbs, found[info.id_in_lbs]).info
+            message = LBSMessage.from_entry(info.id_in_lbs, found[info.id_in_lbs])
         except ValueError:
             extra = {}
+        else:
+            if message.data_stream_name != info.data_stream_name:
+                log.debug(
+                    "lock expired of an entry of another service",
+                    stream=info.data_stream_name,
+                    entry_id=info.id_in_lbs,
+                )
+                continue
+            extra = message.info
         notifications.append(StreamExpired(payload=info, additional_info=extra))
     return notifications

@@ -55,6 +55,7 @@ class LBSReader:
         """Read and assign new entries until *stopping*, backing off on errors."""
         outage = Outage("reading the LBS", self._retry, self._log)
         while not stopping.is_set():
+            sent = time.monotonic()
             try:
                 entries = await self._store.read_new(self._read_batch, self._block_ms)
                 added = await self.assign(entries)
@@ -65,7 +66,8 @@ class LBSReader:
                     return
                 await anyio.sleep(delay)
                 continue
-            outage.recovered()
+            # The read blocks until entries come: Redis answered when it began.
+            outage.recovered(sent)
             for notification in added:
                 await self._outbox.send(notification)
 
@@ -107,7 +109,7 @@ class LBSReader:
                 reason = too_many_deliveries(count, self._max_deliveries)
                 await self.set_aside(entry_id, fields, reason)
                 continue
-            lease = await self._lease_for(entry_id, fields)
+            lease = await self._lease_for(entry_id, fields, leases)
             if lease is not None:
                 leases.append(lease)
         started = time.monotonic()
@@ -115,6 +117,9 @@ class LBSReader:
             [lease.key for lease in leases], self._ttl_ms
         )
         duration = time.monotonic() - started
+        pending = await self._still_pending(
+            [lease for lease, token in zip(leases, tokens, strict=True) if token]
+        )
         added = []
         for lease, token in zip(leases, tokens, strict=True):
             self._metrics.record_lock_acquisition_attempt(
@@ -126,6 +131,8 @@ class LBSReader:
                     stream=lease.name,
                     entry_id=lease.entry_id,
                 )
+                continue
+            if lease.entry_id not in pending:
                 continue
             lease.token = token
             self._leases.add(lease)
@@ -146,13 +153,40 @@ class LBSReader:
             )
         return added
 
-    async def _lease_for(self, entry_id: str, fields: Fields) -> Lease | None:
+    async def _still_pending(self, locked: list[Lease]) -> set[str]:
+        """The entry ids of *locked* still pending; the other locks are let go.
+
+        A reply can reach this consumer late (a pause, a slow network): by then
+        another consumer may have recovered the entry and finished it, deleting
+        its lock, so taking the lock proves nothing. Once the lock is held
+        nobody else can finish the entry, so it is pending now or never again.
+        """
+        if not locked:
+            return set()
+        pending = await self._store.deliveries([lease.entry_id for lease in locked])
+        for lease in locked:
+            if lease.entry_id not in pending:
+                self._log.warning(
+                    "LBS entry was finished by another consumer before this one "
+                    "took it; left alone",
+                    stream=lease.name,
+                    entry_id=lease.entry_id,
+                )
+                await self._store.release_lock(lease.key)
+        return set(pending)
+
+    async def _lease_for(
+        self, entry_id: str, fields: Fields, batch: list[Lease]
+    ) -> Lease | None:
         try:
             message = LBSMessage.from_entry(entry_id, fields)
         except InvalidLBSMessageError as exc:
             await self.set_aside(entry_id, fields, exc.reason)
             return None
-        held = self._leases.get(message.data_stream_name)
+        # The leases of this batch are not held yet, but count as held: two
+        # leases of one name would share one slot in the held streams.
+        named = [lease for lease in batch if lease.name == message.data_stream_name]
+        held = named[0] if named else self._leases.get(message.data_stream_name)
         if held is not None and held.entry_id != entry_id:
             reason = (
                 f"data stream {message.data_stream_name!r} is already held by this "

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ._errors import InvalidLBSMessageError
 
@@ -94,7 +94,13 @@ class LBSMessage(BaseModel):
             info = {}
         if not isinstance(info, dict):
             raise InvalidLBSMessageError(entry_id, "Info is not a JSON object")
-        return cls(data_stream_name=name, info=info)
+        try:
+            return cls(data_stream_name=name, info=info)
+        except ValidationError:
+            # JSON escapes can spell lone surrogates ("\ud800"), which no Redis
+            # key or reply can carry.
+            reason = "DataStreamName or Info is not valid Unicode text"
+            raise InvalidLBSMessageError(entry_id, reason) from None
 
 
 def lbs_input(fields: Mapping[Any, Any] | None) -> str | None:

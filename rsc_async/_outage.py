@@ -34,14 +34,21 @@ class Outage:
             return None
         return self._retry.delay(self.failures)
 
-    def recovered(self) -> bool:
-        """Record a success; True when it ended an outage."""
+    def recovered(self, sent: float | None = None) -> bool:
+        """Record a success; True when it ended an outage.
+
+        Args:
+            sent: the ``time.monotonic()`` at which the command that succeeded
+                was sent, default now; a blocking command succeeds long after
+                the outage ended.
+        """
         if self._since is None:
             return False
+        ended = time.monotonic() if sent is None else max(sent, self._since)
         self._log.warning(
             "%s was failing for %.2f s (%d failures); working again",
             self._what,
-            time.monotonic() - self._since,
+            ended - self._since,
             self.failures,
         )
         self._since = None
