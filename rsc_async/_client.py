@@ -44,6 +44,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
 SHUTDOWN_TIMEOUT = 5.0
 """Seconds ``done()`` waits for Redis and for the tasks before giving up."""
 
+HAND_BACK_MEMORY = 60.0
+"""Seconds a handed-back lock's expiry is awaited, to be kept from ourselves."""
+
 CONFIG_CHECK_HEARTBEATS = 5
 """Heartbeat intervals between checks that expiry events are still enabled."""
 
@@ -156,9 +159,9 @@ class RedisStreamClient:
         self._outbox = Outbox(int(output_buffer_size))
         self._finisher: Coalescer[Lease, str | None] = Coalescer(self._finish_batch)
         self._hand_back: Coalescer[Lease, str | None] = Coalescer(self._hand_back_batch)
-        # Locks handed back by this consumer: their expiry is news to the
-        # others, not to us.
-        self._handed_back: set[str] = set()
+        # Locks handed back by this consumer, by when their expiry should have
+        # been heard: it is news to the others, not to us.
+        self._handed_back: dict[str, float] = {}
         self._reader = LBSReader(
             self._store,
             self._leases,
@@ -370,9 +373,9 @@ class RedisStreamClient:
         others = []
         for info in expired:
             lease = self._leases.by_key(info.mutex_key)
-            if info.mutex_key in self._handed_back:
-                self._handed_back.discard(info.mutex_key)
-            elif lease is None:
+            if self._handed_back.pop(info.mutex_key, None) is not None:
+                continue
+            if lease is None:
                 others.append(info)
             elif not lease.finishing:
                 self._disown(lease)
@@ -537,13 +540,18 @@ class RedisStreamClient:
 
     async def _hand_back_batch(self, leases: list[Lease]) -> list[str | None]:
         keys = [lease.key for lease in leases]
-        self._handed_back.update(keys)
+        now = time.monotonic()
+        # An expiry that was never heard (a dropped subscription) is forgotten.
+        for key, deadline in list(self._handed_back.items()):
+            if deadline < now:
+                del self._handed_back[key]
+        self._handed_back.update(dict.fromkeys(keys, now + HAND_BACK_MEMORY))
         holders = await self._store.hand_back(keys)
         # Only locks that were ours expire now; forget the others. A lock that
         # was already gone was let go of all the same ("" holds it).
-        self._handed_back.difference_update(
-            key for key, holder in zip(keys, holders, strict=True) if holder is not None
-        )
+        for key, holder in zip(keys, holders, strict=True):
+            if holder is not None:
+                self._handed_back.pop(key, None)
         return [holder or None for holder in holders]
 
     async def done(self, *, release: bool = False) -> None:
