@@ -1,0 +1,169 @@
+"""Startup recovery: a new consumer takes over what a dead one left pending."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import redis.asyncio
+from _wait import next_notification, wait_for
+
+from rsc_async import (
+    LBSInfo,
+    Notification,
+    Notifications,
+    RedisStreamClient,
+    StreamAdded,
+    add_stream,
+)
+
+GHOST = "redis-consumer-ghost"
+
+
+def _client(
+    redis_client: redis.asyncio.Redis, service: str, **options: Any
+) -> RedisStreamClient:
+    return RedisStreamClient(
+        redis_client,
+        service,
+        consumer_id="heir",
+        hb_interval=0.5,
+        lbs_idle_time=1.0,
+        **options,
+    )
+
+
+def _text(value: object) -> str:
+    assert isinstance(value, bytes | str)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _pending(redis_client: redis.asyncio.Redis, service: str) -> list[Any]:
+    rows: list[Any] = await redis_client.xpending_range(
+        f"{service}-input", f"{service}-group", "-", "+", 1000
+    )
+    return rows
+
+
+async def _ghost_reads(
+    redis_client: redis.asyncio.Redis, service: str, count: int
+) -> list[LBSInfo]:
+    """Entries a consumer read and then died with, before taking any lock."""
+    lbs, group = f"{service}-input", f"{service}-group"
+    await redis_client.xgroup_create(lbs, group, id="$", mkstream=True)
+    streams = []
+    for i in range(count):
+        name = f"s-{i}"
+        entry_id = await add_stream(redis_client, service, name, {"n": i})
+        streams.append(LBSInfo(data_stream_name=name, id_in_lbs=entry_id))
+    await redis_client.xreadgroup(group, GHOST, {lbs: ">"}, count=count)
+    return streams
+
+
+async def _all_idle_for_lbs_idle_time(
+    redis_client: redis.asyncio.Redis, service: str
+) -> None:
+    async def idle() -> bool:
+        rows = await _pending(redis_client, service)
+        return all(row["time_since_delivered"] >= 1100 for row in rows)
+
+    await wait_for(idle, timeout=10)
+
+
+async def _read(notifications: Notifications, count: int) -> list[Notification]:
+    return [await next_notification(notifications) for _ in range(count)]
+
+
+def _added(notifications: list[Notification]) -> dict[LBSInfo, dict[str, Any]]:
+    """The Info of each StreamAdded, by stream."""
+    added = {}
+    for notification in notifications:
+        assert isinstance(notification, StreamAdded)
+        added[notification.payload] = notification.additional_info
+    return added
+
+
+async def test_init_recovers_the_entries_a_dead_consumer_left(
+    redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """Pending entries of a dead consumer come back as StreamAdded with Info."""
+    streams = await _ghost_reads(redis_client, service_name, 6)
+    lbs, group = f"{service_name}-input", f"{service_name}-group"
+    # Finished before the ghost died: acknowledged and deleted.
+    for done in (streams[1], streams[3]):
+        await redis_client.xack(lbs, group, done.id_in_lbs)
+        await redis_client.xdel(lbs, done.id_in_lbs)
+    # Deleted by a producer while still pending.
+    await redis_client.xdel(lbs, streams[4].id_in_lbs)
+    await _all_idle_for_lbs_idle_time(redis_client, service_name)
+    left = [streams[0], streams[2], streams[5]]
+
+    async with _client(redis_client, service_name) as client:
+        notifications = await client.init()
+        received = await _read(notifications, 3)
+
+        expected = {info: {"n": int(info.data_stream_name[2:])} for info in left}
+        assert expected == _added(received)
+        assert set(left) == set(client.held_streams)
+        pending = await _pending(redis_client, service_name)
+        expected_pending = [(info.id_in_lbs, "redis-consumer-heir") for info in left]
+        assert expected_pending == [
+            (_text(row["message_id"]), _text(row["consumer"])) for row in pending
+        ]
+        for info in left:
+            assert b"redis-consumer-heir" == await redis_client.get(info.mutex_key)
+
+
+async def test_init_leaves_entries_whose_lock_is_still_held(
+    redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """An idle pending entry whose lock is alive stays with its holder."""
+    streams = await _ghost_reads(redis_client, service_name, 3)
+    held = streams[1]
+    await redis_client.set(held.mutex_key, GHOST, px=60_000)
+    try:
+        await _all_idle_for_lbs_idle_time(redis_client, service_name)
+
+        async with _client(redis_client, service_name) as client:
+            notifications = await client.init()
+            received = await _read(notifications, 2)
+
+            expected = {streams[0]: {"n": 0}, streams[2]: {"n": 2}}
+            assert expected == _added(received)
+            assert set(expected) == set(client.held_streams)
+            assert GHOST.encode() == await redis_client.get(held.mutex_key)
+            with anyio.move_on_after(1.0):
+                received.append(await anext(notifications))
+            assert 2 == len(received)
+    finally:
+        await redis_client.delete(held.mutex_key)
+
+
+async def test_recovery_pages_through_more_entries_than_a_page_holds(
+    redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """25 pending entries are all recovered with pages of 10."""
+    streams = await _ghost_reads(redis_client, service_name, 25)
+    await _all_idle_for_lbs_idle_time(redis_client, service_name)
+
+    async with _client(redis_client, service_name, lbs_recovery_count=10) as client:
+        notifications = await client.init()
+        received = await _read(notifications, 25)
+
+        assert {info: {"n": i} for i, info in enumerate(streams)} == _added(received)
+        assert 25 == len(client.held_streams)
+
+
+async def test_recovering_more_than_the_output_buffer_does_not_block_init(
+    redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """init() returns with 20 recovered streams and a buffer of 5; all are read."""
+    streams = await _ghost_reads(redis_client, service_name, 20)
+    await _all_idle_for_lbs_idle_time(redis_client, service_name)
+
+    async with _client(redis_client, service_name, output_buffer_size=5) as client:
+        with anyio.fail_after(10):
+            notifications = await client.init()
+        received = await _read(notifications, 20)
+
+        assert {info: {"n": i} for i, info in enumerate(streams)} == _added(received)
