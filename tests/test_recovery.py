@@ -6,6 +6,7 @@ from typing import Any
 
 import anyio
 import redis.asyncio
+from _consumers import GHOST, ghost_entry
 from _wait import next_notification, wait_for
 
 from rsc_async import (
@@ -14,10 +15,7 @@ from rsc_async import (
     Notifications,
     RedisStreamClient,
     StreamAdded,
-    add_stream,
 )
-
-GHOST = "redis-consumer-ghost"
 
 
 def _client(
@@ -49,15 +47,10 @@ async def _ghost_reads(
     redis_client: redis.asyncio.Redis, service: str, count: int
 ) -> list[LBSInfo]:
     """Entries a consumer read and then died with, before taking any lock."""
-    lbs, group = f"{service}-input", f"{service}-group"
-    await redis_client.xgroup_create(lbs, group, id="$", mkstream=True)
-    streams = []
-    for i in range(count):
-        name = f"s-{i}"
-        entry_id = await add_stream(redis_client, service, name, {"n": i})
-        streams.append(LBSInfo(data_stream_name=name, id_in_lbs=entry_id))
-    await redis_client.xreadgroup(group, GHOST, {lbs: ">"}, count=count)
-    return streams
+    return [
+        await ghost_entry(redis_client, service, f"s-{i}", {"n": i})
+        for i in range(count)
+    ]
 
 
 async def _all_idle_for_lbs_idle_time(

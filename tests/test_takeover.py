@@ -11,6 +11,7 @@ import pytest
 import redis
 import redis.asyncio
 from _consumer_proc import ConsumerProcess
+from _consumers import GHOST, ghost_entry
 from _wait import next_notification
 
 from rsc_async import (
@@ -112,12 +113,8 @@ async def _ghost_holds(
     redis_client: redis.asyncio.Redis, service: str, name: str, ttl_ms: int
 ) -> LBSInfo:
     """An entry read and locked by a consumer that runs no client."""
-    lbs, group = f"{service}-input", f"{service}-group"
-    await redis_client.xgroup_create(lbs, group, id="$", mkstream=True)
-    entry_id = await add_stream(redis_client, service, name, {"k": "v"})
-    await redis_client.xreadgroup(group, "redis-consumer-ghost", {lbs: ">"}, count=1)
-    info = LBSInfo(data_stream_name=name, id_in_lbs=entry_id)
-    await redis_client.set(info.mutex_key, "redis-consumer-ghost", px=ttl_ms)
+    info = await ghost_entry(redis_client, service, name, {"k": "v"})
+    await redis_client.set(info.mutex_key, GHOST, px=ttl_ms)
     return info
 
 
