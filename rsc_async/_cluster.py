@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -144,7 +143,7 @@ class ClusterStore(Store):
         pending = list(range(len(keys)))
         for _ in range(2):
             failures = await self._run_by_node(
-                script, keys, pending, args, results, answer_within
+                script, keys, pending, args, results, what, answer_within
             )
             if not failures:
                 return results
@@ -160,6 +159,7 @@ class ClusterStore(Store):
         indexes: list[int],
         args: list[Any],
         results: list[Any],
+        what: str,
         answer_within: float | None,
     ) -> list[tuple[list[int], Exception]]:
         """Run *script* over the keys at *indexes*; the indexes of failed nodes."""
@@ -173,12 +173,14 @@ class ClusterStore(Store):
 
         async def run_on(address: tuple[str, int], slots: dict[int, list[int]]) -> None:
             order: list[int] = []
-            async with self.node_client(*address).pipeline(transaction=False) as pipe:
-                for slot_indexes in slots.values():
-                    for chunk in _chunks(slot_indexes, LOCK_CHUNK):
-                        await script([keys[i] for i in chunk], args, client=pipe)
-                        order.extend(chunk)
-                replies = await pipe.execute()
+            calls = []
+            for slot_indexes in slots.values():
+                for chunk in _chunks(slot_indexes, LOCK_CHUNK):
+                    calls.append(([keys[i] for i in chunk], args))
+                    order.extend(chunk)
+            where = f"{what} on {address[0]}:{address[1]}"
+            client = self.node_client(*address)
+            replies = await self._scripted(script, calls, where, client=client)
             for index, value in zip(
                 order, (v for reply in replies for v in reply), strict=True
             ):
@@ -196,7 +198,7 @@ class ClusterStore(Store):
         for (_, slots), outcome in zip(nodes, outcomes, strict=True):
             if isinstance(outcome, asyncio.TimeoutError):
                 continue  # Its keys stay None: unanswered, not failed.
-            if isinstance(outcome, redis_errors.RedisError | OSError):
+            if isinstance(outcome, RedisCommandError | OSError):
                 failed = [index for group in slots.values() for index in group]
                 failures.append((failed, outcome))
             elif isinstance(outcome, BaseException):

@@ -346,14 +346,11 @@ class Store:
         Returns:
             Per key, the new fencing token, or 0 where another holds the lock.
         """
-        if not keys:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(keys, LOCK_CHUNK):
-                await self._acquire(
-                    [*chunk, self.fencing], [self.consumer, ttl_ms], client=pipe
-                )
-            replies = await _call(pipe.execute(), "taking locks")
+        calls = [
+            ([*chunk, self.fencing], [self.consumer, ttl_ms])
+            for chunk in _chunks(keys, LOCK_CHUNK)
+        ]
+        replies = await self._scripted(self._acquire, calls, "taking locks")
         return [int(token) for reply in replies for token in reply]
 
     async def hand_back(self, keys: Sequence[str]) -> list[str | None]:
@@ -431,18 +428,51 @@ class Store:
         the server long, all chunks in one round trip. Past *answer_within* seconds
         the call fails with :class:`RedisCommandError`.
         """
-        if not keys:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(keys, LOCK_CHUNK):
-                await script(list(chunk), args, client=pipe)
-            try:
-                with anyio.fail_after(answer_within):
-                    replies = await _call(pipe.execute(), what)
-            except TimeoutError:
-                msg = f"{what} got no answer within {answer_within} s"
-                raise RedisCommandError(msg) from None
+        calls = [(list(chunk), args) for chunk in _chunks(keys, LOCK_CHUNK)]
+        replies = await self._scripted(script, calls, what, answer_within=answer_within)
         return [value for reply in replies for value in reply]
+
+    async def _scripted(
+        self,
+        script: AsyncScript,
+        calls: Sequence[tuple[list[Any], list[Any]]],
+        what: str,
+        *,
+        client: Any = None,
+        answer_within: float | None = None,
+    ) -> list[Any]:
+        """Run *script* once per (keys, args) call, all in one round trip.
+
+        Calls go by the script's SHA alone. A server that does not know it yet
+        (a first call, a restart, a failover) answers NOSCRIPT to every call,
+        so none ran: the script is loaded and the calls sent once more.
+        Past *answer_within* seconds the round trip fails.
+
+        Raises:
+            RedisCommandError: Redis failed or did not answer in time.
+        """
+        if not calls:
+            return []
+        client = client or self.redis
+        for attempt in range(2):
+            async with client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                try:
+                    with anyio.fail_after(answer_within):
+                        replies: list[Any] = await pipe.execute()
+                        return replies
+                except redis_errors.NoScriptError:
+                    if attempt:
+                        msg = f"{what}: the server lost the script"
+                        raise RedisCommandError(msg) from None
+                except TimeoutError:
+                    msg = f"{what} got no answer within {answer_within} s"
+                    raise RedisCommandError(msg) from None
+                except redis_errors.RedisError as exc:
+                    raise RedisCommandError(f"{what} failed: {exc}") from exc
+            await _call(client.script_load(script.script), "SCRIPT LOAD")
+        raise AssertionError("unreachable")
 
     async def release_lock(self, key: str) -> bool:
         """Compare-and-delete one lock; True when it was ours."""
@@ -462,14 +492,14 @@ class Store:
             or the entry ("" when another consumer finished it); the entry is
             then left untouched.
         """
-        if not locks:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(locks, LOCK_CHUNK):
-                keys = [key for key, _ in chunk] + [self.lbs]
-                args = [self.consumer, self.group] + [entry for _, entry in chunk]
-                await self._finish(keys, args, client=pipe)
-            replies = await _call(pipe.execute(), "finishing streams")
+        calls = [
+            (
+                [key for key, _ in chunk] + [self.lbs],
+                [self.consumer, self.group] + [entry for _, entry in chunk],
+            )
+            for chunk in _chunks(locks, LOCK_CHUNK)
+        ]
+        replies = await self._scripted(self._finish, calls, "finishing streams")
         return [
             None if result == 1 else decode(result)
             for reply in replies

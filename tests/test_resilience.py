@@ -155,6 +155,25 @@ async def test_client_keeps_its_streams_when_its_connections_are_killed(
     assert "session-2" == later.data_stream_name
 
 
+async def test_client_keeps_its_streams_when_the_server_forgets_its_scripts(
+    admin: redis.asyncio.Redis, dedicated_redis: RedisServer, service_name: str
+) -> None:
+    """After SCRIPT FLUSH, the scripts are loaded again and no lock is lost."""
+    async with (
+        connected(dedicated_redis.url) as r,
+        running(_client(r, service_name)) as consumer,
+    ):
+        held = await _assigned(admin, consumer, service_name, "session-1")
+        assert await admin.script_flush()
+
+        odd = await _held_throughout(admin, consumer, held, 4 * HB_INTERVAL)
+        await consumer.client.done_stream("session-1")
+
+    assert [] == odd
+    assert [] == consumer.of(StreamDisowned)
+    assert 0 == await admin.xlen(f"{service_name}-input")
+
+
 async def test_client_carries_on_after_a_redis_restart_with_aof(
     redis_server_factory: RedisServerFactory, service_name: str
 ) -> None:
