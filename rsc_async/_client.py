@@ -36,7 +36,7 @@ from ._metrics import MetricsRecorder, NoMetrics
 from ._models import LBSInfo, LBSMessage, StreamDisowned, StreamTerminated
 from ._outbox import Notifications, Outbox
 from ._reconcile import Reconciler
-from ._store import Store
+from ._store import Fields, Store
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -159,6 +159,9 @@ class RedisStreamClient:
         self._outbox = Outbox(int(output_buffer_size))
         self._finisher: Coalescer[Lease, str | None] = Coalescer(self._finish_batch)
         self._hand_back: Coalescer[Lease, str | None] = Coalescer(self._hand_back_batch)
+        self._claimer: Coalescer[Lease, tuple[Fields, int] | None] = Coalescer(
+            self._claim_batch
+        )
         # Locks handed back by this consumer, by when their expiry should have
         # been heard: it is news to the others, not to us.
         self._handed_back: dict[str, float] = {}
@@ -426,8 +429,10 @@ class RedisStreamClient:
             if self._leases.get(name) is not None:
                 raise AlreadyClaimedError(name, entry_id)
             lease = Lease(name, entry_id, {})
-            await self._take_lock(lease)
-            lease.info = await self._claim_entry(lease)
+            claimed = await self._claimer.submit(lease)
+            if claimed is None:
+                raise AlreadyClaimedError(name, entry_id)
+            lease.info = await self._check_claimed(lease, *claimed)
             self._leases.add(lease)
             self._metrics.record_stream_processing_start(name, lease.started)
             self._log.info("claimed data stream", stream=name, entry_id=entry_id)
@@ -443,40 +448,59 @@ class RedisStreamClient:
             msg = f"client {self.id!r} is not running; await client.init() first"
             raise RSCError(msg)
 
-    async def _take_lock(self, lease: Lease) -> None:
+    async def _claim_batch(
+        self, leases: list[Lease]
+    ) -> list[tuple[Fields, int] | None]:
+        """Lock, then XCLAIM, every stream of concurrent claims: two round trips.
+
+        Returns:
+            Per lease, the claimed entry's fields and deliveries, or None when
+            another consumer was first (its lock, or its claim of the entry).
+        """
         started = time.monotonic()
         ttl_ms = round(self.hb_interval * 1000)
-        try:
-            [lease.token] = await self._store.acquire_locks([lease.key], ttl_ms)
-        finally:
+        tokens = await self._store.acquire_locks(
+            [lease.key for lease in leases], ttl_ms
+        )
+        duration = time.monotonic() - started
+        for lease, token in zip(leases, tokens, strict=True):
+            lease.token = token
             self._metrics.record_lock_acquisition_attempt(
-                lease.name, lease.token > 0, time.monotonic() - started
+                lease.name, token > 0, duration
             )
-        if not lease.token:
-            raise AlreadyClaimedError(lease.name, lease.entry_id)
-
-    async def _claim_entry(self, lease: Lease) -> dict[str, Any]:
-        """XCLAIM the entry of a freshly locked *lease*; unlock on any failure."""
-        name, entry_id = lease.name, lease.entry_id
+        locked = [lease for lease in leases if lease.token]
         try:
-            claimed = await self._store.claim_entry(entry_id)
-            if claimed is None:
-                raise AlreadyClaimedError(name, entry_id)
-            fields, deliveries = claimed
-            try:
-                message = LBSMessage.from_entry(entry_id, fields)
-            except InvalidLBSMessageError as exc:
-                await self._reader.set_aside(entry_id, fields, exc.reason)
-                raise
+            claimed = await self._store.claim_entries(
+                [lease.entry_id for lease in locked]
+            )
+        except BaseException:
+            await self._unlock(locked)
+            raise
+        await self._unlock([lease for lease in locked if lease.entry_id not in claimed])
+        return [
+            claimed.get(lease.entry_id) if lease.token else None for lease in leases
+        ]
+
+    async def _check_claimed(
+        self, lease: Lease, fields: Fields, deliveries: int
+    ) -> dict[str, Any]:
+        """The Info of a claimed entry; a bad or poison one is set aside."""
+        try:
+            message = LBSMessage.from_entry(lease.entry_id, fields)
             if deliveries > self._max_deliveries:
                 reason = too_many_deliveries(deliveries, self._max_deliveries)
-                await self._reader.set_aside(entry_id, fields, reason)
-                raise PoisonStreamError(name, entry_id, reason)
-        except BaseException:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT):
-                await self._store.release_lock(lease.key)
+                raise PoisonStreamError(lease.name, lease.entry_id, reason)
+        except (InvalidLBSMessageError, PoisonStreamError) as exc:
+            await self._reader.set_aside(lease.entry_id, fields, exc.reason)
+            await self._unlock([lease])
             raise
         return message.info
+
+    async def _unlock(self, leases: list[Lease]) -> None:
+        """Release locks taken for claims that did not go through."""
+        if leases:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_TIMEOUT):
+                await self._store.release_locks([lease.key for lease in leases])
 
     async def done_stream(self, name: str) -> None:
         """Finish a data stream: release its lock, XACK and XDEL its LBS entry.
@@ -612,6 +636,7 @@ class RedisStreamClient:
         )
         await self._finisher.abandon(gone)
         await self._hand_back.abandon(gone)
+        await self._claimer.abandon(gone)
         with anyio.move_on_after(SHUTDOWN_TIMEOUT):
             await self._store.close()
         self._outbox.close()

@@ -164,15 +164,15 @@ class LBSReader:
         if not locked:
             return set()
         pending = await self._store.deliveries([lease.entry_id for lease in locked])
-        for lease in locked:
-            if lease.entry_id not in pending:
-                self._log.warning(
-                    "LBS entry was finished by another consumer before this one "
-                    "took it; left alone",
-                    stream=lease.name,
-                    entry_id=lease.entry_id,
-                )
-                await self._store.release_lock(lease.key)
+        gone = [lease for lease in locked if lease.entry_id not in pending]
+        for lease in gone:
+            self._log.warning(
+                "LBS entry was finished by another consumer before this one "
+                "took it; left alone",
+                stream=lease.name,
+                entry_id=lease.entry_id,
+            )
+        await self._store.release_locks([lease.key for lease in gone])
         return set(pending)
 
     async def _lease_for(

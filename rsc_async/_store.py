@@ -290,22 +290,32 @@ class Store:
         )
         return decode(reply[0]), _entries(reply[1])
 
-    async def claim_entry(self, entry_id: str) -> tuple[Fields, int] | None:
-        """XCLAIM one entry for this consumer, whatever its idle time.
+    async def claim_entries(
+        self, entry_ids: Sequence[str]
+    ) -> dict[str, tuple[Fields, int]]:
+        """XCLAIM entries for this consumer, whatever their idle time.
 
         Returns:
-            Its fields and how many times it has been delivered now, or None
-            when it is no longer pending.
+            For each entry that was still pending, its fields and how many times
+            it has been delivered now.
         """
+        if not entry_ids:
+            return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xclaim(self.lbs, self.group, self.consumer, 0, [entry_id])
-            pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
-            claimed, pending = await _call(pipe.execute(), f"XCLAIM {entry_id}")
-        entries = _entries(claimed)
-        if not entries or entries[0][1] is None:
-            return None
-        deliveries = int(pending[0]["times_delivered"]) if pending else 1
-        return entries[0][1], deliveries
+            pipe.xclaim(self.lbs, self.group, self.consumer, 0, list(entry_ids))
+            for entry_id in entry_ids:
+                pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
+            claimed, *pending = await _call(pipe.execute(), "XCLAIM of entries")
+        counts = {
+            decode(row["message_id"]): int(row["times_delivered"])
+            for rows in pending
+            for row in rows
+        }
+        return {
+            entry_id: (fields, counts.get(entry_id, 1))
+            for entry_id, fields in _entries(claimed)
+            if fields is not None
+        }
 
     async def deliveries(self, entry_ids: Sequence[str]) -> dict[str, int]:
         """How many times each of *entry_ids* has been delivered, if pending."""
@@ -474,12 +484,12 @@ class Store:
             await _call(client.script_load(script.script), "SCRIPT LOAD")
         raise AssertionError("unreachable")
 
-    async def release_lock(self, key: str) -> bool:
-        """Compare-and-delete one lock; True when it was ours."""
-        [released] = await self._per_key(
-            self._release, [key], [self.consumer], f"release of lock {key}"
+    async def release_locks(self, keys: Sequence[str]) -> list[bool]:
+        """Compare-and-delete locks; True where one was ours."""
+        released = await self._per_key(
+            self._release, keys, [self.consumer], "releasing locks"
         )
-        return bool(released)
+        return [bool(flag) for flag in released]
 
     async def finish(self, locks: Sequence[tuple[str, str]]) -> list[str | None]:
         """Release locks and XACK and XDEL their entries, in one round trip.
