@@ -84,7 +84,14 @@ class Reconciler:
         return announced
 
     async def _sweep_page(self, page: list[tuple[str, int]]) -> int:
-        found = await self._store.entries([entry_id for entry_id, _ in page])
+        # Finished entries are deleted, so the LBS between the first and the
+        # last pending id of a page holds little but the page: one XRANGE
+        # reads them all, and the few it missed are read one by one.
+        found = await self._store.entries_between(
+            page[0][0], page[-1][0], 2 * len(page)
+        )
+        missed = [entry_id for entry_id, _ in page if entry_id not in found]
+        found.update(await self._store.entries(missed))
         candidates: list[tuple[str, Fields, int, str]] = []
         for entry_id, deliveries in page:
             fields = found.get(entry_id)

@@ -108,6 +108,15 @@ end
 return out
 """
 
+# Whether each of a batch of locks exists; one flag per key.
+_EXISTS = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('EXISTS', KEYS[i])
+end
+return out
+"""
+
 # Compare-and-delete a batch of locks; one flag per key, 1 when deleted.
 _RELEASE = """
 local out = {}
@@ -201,6 +210,7 @@ class Store:
         self._extend = redis.register_script(_EXTEND)
         self._finish = redis.register_script(_FINISH)
         self._release = redis.register_script(_RELEASE)
+        self._exists = redis.register_script(_EXISTS)
 
     @property
     def db(self) -> int:
@@ -388,13 +398,8 @@ class Store:
 
     async def locks_exist(self, keys: Sequence[str]) -> list[bool]:
         """Whether each lock key exists."""
-        if not keys:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.exists(key)
-            replies = await _call(pipe.execute(), "EXISTS of locks")
-        return [bool(reply) for reply in replies]
+        flags = await self._per_key(self._exists, keys, [], "EXISTS of locks")
+        return [bool(flag) for flag in flags]
 
     async def lead_sweep(self, interval_ms: int) -> bool:
         """Whether this consumer sweeps this interval (one per service)."""
@@ -543,6 +548,15 @@ class Store:
             pipe.xack(self.lbs, self.group, *entry_ids)
             pipe.xdel(self.lbs, *entry_ids)
             await _call(pipe.execute(), f"XACK and XDEL of {len(entry_ids)} entries")
+
+    async def entries_between(
+        self, first: str, last: str, count: int
+    ) -> dict[str, Fields]:
+        """The fields of up to *count* LBS entries with ids from *first* to *last*."""
+        reply = await _call(
+            self.redis.xrange(self.lbs, first, last, count), "XRANGE of the LBS"
+        )
+        return {entry_id: fields or {} for entry_id, fields in _entries(reply or ())}
 
     async def entries(self, entry_ids: Sequence[str]) -> dict[str, Fields]:
         """The fields of those of *entry_ids* still in the LBS."""
