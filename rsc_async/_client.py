@@ -177,7 +177,6 @@ class RedisStreamClient:
             metrics=self._metrics,
             log=self._log,
         )
-        self._reconciler: Reconciler | None = None
         self._notifications = Notifications(self._start, self._outbox)
         self._start_lock = asyncio.Lock()
         self._done_lock = asyncio.Lock()
@@ -265,8 +264,9 @@ class RedisStreamClient:
             total,
         )
 
-    async def _supervise(self, ready: asyncio.Future[None]) -> None:
-        assert self._stopping is not None
+    def _build_tasks(
+        self,
+    ) -> tuple[KeyspaceListener, Heartbeat | HeartbeatThread, Reconciler | None]:
         reconciler = None
         if self._reconcile_interval:
             reconciler = Reconciler(
@@ -309,6 +309,11 @@ class RedisStreamClient:
                 self._metrics,
                 self._log,
             )
+        return listener, heartbeat, reconciler
+
+    async def _supervise(self, ready: asyncio.Future[None]) -> None:
+        assert self._stopping is not None
+        listener, heartbeat, reconciler = self._build_tasks()
         try:
             async with anyio.create_task_group() as tasks:
                 self._scope = tasks.cancel_scope
