@@ -244,7 +244,8 @@ class RedisStreamClient:
             try:
                 await asyncio.shield(ready)
             except BaseException:
-                await self._stop()
+                # Stop what did start; a later init() may try again.
+                await self._stop_tasks()
                 raise
             self._started = True
             self._log.info("started; holds %d data streams", len(self._leases))
@@ -337,7 +338,9 @@ class RedisStreamClient:
         finally:
             if not ready.done():
                 ready.cancel()
-            self._outbox.close()
+            # A failed start leaves the notifications open for another init().
+            if self._started:
+                self._outbox.close()
 
     async def _recover(self) -> None:
         started = time.monotonic()
@@ -623,17 +626,7 @@ class RedisStreamClient:
                 self._log.warning("could not let go: %s", result, stream=name)
 
     async def _stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
-        if self._scope is not None:
-            self._scope.cancel()
-        supervisor = self._supervisor
-        if supervisor is not None and not supervisor.done():
-            await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
-            if not supervisor.done():
-                self._log.warning("tasks did not stop in time; cancelling them")
-                supervisor.cancel()
-                await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
+        await self._stop_tasks()
         # done() waited its time for these round trips; Redis is not answering.
         gone = RedisCommandError(
             f"client {self.id!r} stopped before Redis answered; the stream may "
@@ -645,6 +638,19 @@ class RedisStreamClient:
         with anyio.move_on_after(SHUTDOWN_TIMEOUT):
             await self._store.close()
         self._outbox.close()
+
+    async def _stop_tasks(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._scope is not None:
+            self._scope.cancel()
+        supervisor = self._supervisor
+        if supervisor is not None and not supervisor.done():
+            await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
+            if not supervisor.done():
+                self._log.warning("tasks did not stop in time; cancelling them")
+                supervisor.cancel()
+                await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
 
 
 def _read_block_ms(socket_timeout: float | None) -> int:

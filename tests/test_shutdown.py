@@ -13,6 +13,7 @@ from _wait import next_notification, wait_for
 from rsc_async import (
     RedisStreamClient,
     RetryConfig,
+    RSCError,
     StreamAdded,
     StreamTerminated,
     add_stream,
@@ -121,3 +122,31 @@ async def test_redis_gone_for_good_terminates_the_notifications(
         with anyio.fail_after(15):
             await client.done()
         await connection.aclose()
+
+
+async def test_init_can_be_tried_again_after_it_failed(
+    dedicated_redis: RedisServer,
+) -> None:
+    """A start that failed (recovery refused) leaves the client able to start."""
+    admin = redis.asyncio.Redis.from_url(dedicated_redis.url)
+    await admin.acl_setuser(
+        "app", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-xautoclaim"],
+    )  # fmt: skip
+    app = redis.asyncio.Redis(port=dedicated_redis.port, username="app", password="pw")
+    try:
+        client = _client(app)
+        with pytest.raises(RSCError, match="XAUTOCLAIM"):
+            await client.init()
+
+        await admin.acl_setuser("app", enabled=True, commands=["+xautoclaim"])
+        notifications = await client.init()
+        await add_stream(admin, SERVICE, "after-retry")
+        added = await next_notification(notifications)
+        await client.done()
+    finally:
+        await app.aclose()
+        await admin.aclose()
+
+    assert isinstance(added, StreamAdded)
+    assert "after-retry" == added.payload.data_stream_name
