@@ -73,11 +73,17 @@ class LBSMessage(BaseModel):
             InvalidLBSMessageError: the entry does not follow the protocol; its
                 ``reason`` says how.
         """
-        raw = lbs_input(fields)
+        raw = _raw_lbs_input(fields)
         if raw is None:
             raise InvalidLBSMessageError(entry_id, f"no {LBS_FIELD!r} field")
         try:
-            value = json.loads(raw)
+            # A name is used as a key as it is: bytes that are not text cannot
+            # name a data stream faithfully.
+            text = raw.decode() if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            raise InvalidLBSMessageError(entry_id, "value is not UTF-8 text") from None
+        try:
+            value = json.loads(text)
         except (ValueError, RecursionError):
             # Deeply nested JSON exhausts the decoder's recursion limit.
             raise InvalidLBSMessageError(entry_id, "value is not JSON") from None
@@ -104,10 +110,15 @@ class LBSMessage(BaseModel):
 
 
 def lbs_input(fields: Mapping[Any, Any] | None) -> str | None:
-    """Return the raw ``lbs-input`` value of an entry's fields, if it has one."""
+    """Return the ``lbs-input`` value of an entry's fields as text, if it has one."""
+    raw = _raw_lbs_input(fields)
+    return None if raw is None else decode(raw)
+
+
+def _raw_lbs_input(fields: Mapping[Any, Any] | None) -> bytes | str | None:
     for key, value in (fields or {}).items():
         if decode(key) == LBS_FIELD:
-            return decode(value)
+            return value  # type: ignore[no-any-return]
     return None
 
 

@@ -14,6 +14,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.client import NEVER_DECODE
 from redis.commands.core import AsyncScript
 
 from ._errors import RedisCommandError
@@ -23,6 +24,10 @@ Fields = Mapping[Any, Any]
 Entry = tuple[str, Fields | None]
 
 T = TypeVar("T")
+
+RAW = {NEVER_DECODE: True}
+"""Read a reply as bytes, whatever the client's ``decode_responses``: LBS
+entries are written by producers and may hold bytes that are not UTF-8."""
 
 LOCK_CHUNK = 1000
 """Locks per script call: bounds how long one call holds the server."""
@@ -142,6 +147,10 @@ async def _call(command: Awaitable[T], what: str) -> T:
         if _is_refusal(exc) and what.startswith("CONFIG"):
             raise ConfigRefusedError(f"{what} was refused: {exc}") from exc
         raise RedisCommandError(f"{what} failed: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        # A client with decode_responses=True meets a reply that is not text,
+        # such as the keyspace event of a key named in other bytes.
+        raise RedisCommandError(f"{what} failed: the reply is not text") from exc
 
 
 def _is_refusal(exc: redis_errors.RedisError) -> bool:
@@ -248,6 +257,10 @@ class Store:
         """A new subscription to *pattern*, not yet subscribed."""
         return Subscription(self.redis, pattern)
 
+    async def _raw(self, *command: Any) -> Any:
+        """Run *command* with its reply read as bytes (see :data:`RAW`)."""
+        return await self.redis.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
+
     async def ensure_group(self, start: str = "$") -> None:
         """Create the consumer group, and the LBS with it, unless it exists.
 
@@ -269,8 +282,9 @@ class Store:
     async def read_new(self, count: int, block_ms: int) -> list[Entry]:
         """Read up to *count* new LBS entries for this consumer, blocking a while."""
         try:
-            reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.lbs: ">"}, count=count, block=block_ms
+            reply = await self._raw(
+                *("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count),
+                *("BLOCK", block_ms, "STREAMS", self.lbs, ">"),
             )
         except redis_errors.RedisError as exc:
             if "NOGROUP" in str(exc):
@@ -293,8 +307,9 @@ class Store:
     ) -> tuple[str, list[Entry]]:
         """One page of XAUTOCLAIM: the next cursor and the entries taken."""
         reply = await _call(
-            self.redis.xautoclaim(
-                self.lbs, self.group, self.consumer, min_idle_ms, cursor, count
+            self._raw(
+                *("XAUTOCLAIM", self.lbs, self.group, self.consumer, min_idle_ms),
+                *(cursor, "COUNT", count),
             ),
             f"XAUTOCLAIM {self.lbs}",
         )
@@ -312,7 +327,9 @@ class Store:
         if not entry_ids:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xclaim(self.lbs, self.group, self.consumer, 0, list(entry_ids))
+            pipe.execute_command(
+                "XCLAIM", self.lbs, self.group, self.consumer, 0, *entry_ids, **RAW
+            )
             for entry_id in entry_ids:
                 pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
             claimed, *pending = await _call(pipe.execute(), "XCLAIM of entries")
@@ -532,7 +549,7 @@ class Store:
         record = {"reason": reason, "entry_id": entry_id, "consumer": self.consumer}
         for key, value in (fields or {}).items():
             if decode(key) == LBS_FIELD:
-                record[LBS_FIELD] = decode(value)
+                record[LBS_FIELD] = value
         # The copy is made before the entry goes: a crash in between leaves
         # the entry to be set aside again, never lost. (The two keys may live
         # on different nodes of a cluster, so this is two steps.)
@@ -554,7 +571,8 @@ class Store:
     ) -> dict[str, Fields]:
         """The fields of up to *count* LBS entries with ids from *first* to *last*."""
         reply = await _call(
-            self.redis.xrange(self.lbs, first, last, count), "XRANGE of the LBS"
+            self._raw("XRANGE", self.lbs, first, last, "COUNT", count),
+            "XRANGE of the LBS",
         )
         return {entry_id: fields or {} for entry_id, fields in _entries(reply or ())}
 
@@ -564,7 +582,7 @@ class Store:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id in entry_ids:
-                pipe.xrange(self.lbs, entry_id, entry_id)
+                pipe.execute_command("XRANGE", self.lbs, entry_id, entry_id, **RAW)
             replies = await _call(pipe.execute(), "XRANGE of expired entries")
         found: dict[str, Fields] = {}
         for reply in replies:

@@ -15,6 +15,7 @@ from redis.typing import EncodableT
 from rsc_async import (
     MUTEX_KEY_SEP,
     DataStreamNotFoundError,
+    LBSInfo,
     Notification,
     Notifications,
     RedisStreamClient,
@@ -187,6 +188,30 @@ async def test_bad_entry_goes_to_the_dead_letters_and_good_ones_are_assigned(
         assert expected_record == record
         assert [before, after] == await _entry_ids(redis_client, service_name)
         assert [before, after] == await _pending_ids(redis_client, service_name)
+
+
+async def test_bytes_that_are_not_text_are_dead_lettered_by_a_decoding_client(
+    redis_url: str, redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """With decode_responses=True, an entry that is not UTF-8 is set aside intact."""
+    raw = b'{"DataStreamName": "a\xffb"}'
+    decoding = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with _client(decoding, service_name, "a") as client:
+            notifications = await client.init()
+            bad = _text(
+                await redis_client.xadd(f"{service_name}-input", {"lbs-input": raw})
+            )
+            good = await add_stream(redis_client, service_name, "good")
+            added = await next_notification(notifications)
+    finally:
+        await decoding.aclose()
+
+    assert LBSInfo(data_stream_name="good", id_in_lbs=good) == added.payload
+    dead = await redis_client.xrange(f"{service_name}-dead") or []
+    record = dead[0][1] or {}
+    assert [bad] == [_text(record[b"entry_id"])]
+    assert raw == record[b"lbs-input"]
 
 
 async def test_iterating_init_without_awaiting_it_starts_the_client(
