@@ -84,7 +84,7 @@ async def _ghost_locks(
     ids = {}
     for name in names:
         message = json.dumps({"DataStreamName": name, "Info": {"ghost": True}})
-        raw = await client.eval(  # type: ignore[misc]
+        raw = await client.eval(
             _GHOST_ENTRY, 1, f"{service}-input", message, f"{service}-group"
         )
         ids[name] = raw.decode()
