@@ -12,10 +12,19 @@ atomic script on a single server becomes ordered steps here:
   that expires on an entry that is gone, which nobody is told to claim.
 - dead-lettering: ``XADD`` to the dead letters before the entry goes.
 
-Scripts run per slot (a script's keys must share one), grouped by node: each
-node gets one pipeline, so a heartbeat is one round trip per node whatever
-the number of locks. Keyspace events are published on the node that owns the
-key, so a subscription is kept on every primary and follows the topology.
+A script over a batch of locks (extend, hand back, release, check) runs on
+each node over every lock that node holds, whatever their slots: the lock keys
+go in ARGV and the script declares none, which Redis allows for scripts
+without flags as long as every key is local to the node. Declared keys would
+have to share one slot, and locks rarely do: at 10,000 locks that would be
+thousands of script calls per heartbeat instead of ten. A key that is not
+local (its slot moved, or is moving) fails the call; the failed keys are then
+sent again after the slot map is read anew, this time one call per slot with
+the keys declared, so a slot being migrated holds back only its own locks.
+Either way each node gets one pipeline, so a heartbeat is one round trip per
+node whatever the number of locks. Keyspace events are published on the node
+that owns the key, so a subscription is kept on every primary and follows the
+topology.
 """
 
 from __future__ import annotations
@@ -30,7 +39,25 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from ._errors import RedisCommandError
-from ._store import LOCK_CHUNK, NodeConfig, Store, _call, _chunks
+from ._store import (
+    _EXISTS,
+    _EXTEND,
+    _HAND_BACK,
+    _RELEASE,
+    LOCK_CHUNK,
+    NodeConfig,
+    Store,
+    _call,
+    _chunks,
+)
+
+# Prefixed to a script over a batch of locks, it takes the locks from ARGV
+# instead of KEYS: ARGV holds the count of the script's own arguments, those
+# arguments, then the lock keys.
+_KEYS_IN_ARGV = """
+local n = tonumber(ARGV[1])
+local KEYS, ARGV = {unpack(ARGV, n + 2)}, {unpack(ARGV, 2, n + 1)}
+"""
 
 # Connection settings a node client takes over from the cluster client.
 _NODE_SETTINGS = (
@@ -59,6 +86,15 @@ class ClusterStore(Store):
     def __init__(self, redis: RedisCluster, service: str, consumer: str) -> None:
         super().__init__(redis, service, consumer)  # type: ignore[arg-type]
         self._node_clients: dict[str, aioredis.Redis] = {}
+        self._node_wide = {
+            script.sha: redis.register_script(_KEYS_IN_ARGV + source)
+            for script, source in (
+                (self._extend, _EXTEND),
+                (self._hand_back, _HAND_BACK),
+                (self._release, _RELEASE),
+                (self._exists, _EXISTS),
+            )
+        }
 
     @property
     def _connection_kwargs(self) -> dict[str, Any]:
@@ -131,19 +167,19 @@ class ClusterStore(Store):
         *,
         answer_within: float | None = None,
     ) -> list[Any]:
-        """Run a one-value-per-key script per slot, one pipeline per node.
+        """Run a one-value-per-key script over *keys*, one pipeline per node.
 
-        Nodes that fail (slots moved in a failover, a node restarting) are
-        tried once more after the slot map is read again, so a failover costs
-        one extra round trip rather than a missed heartbeat. With *answer_within*,
-        the keys of a node that does not answer in time get None, and the
-        other nodes' answers stand.
+        Keys of nodes that fail (slots moved in a failover, a node restarting)
+        are tried once more, one call per slot, after the slot map is read
+        again, so a failover costs one extra round trip rather than a missed
+        heartbeat. With *answer_within*, the keys of a node that does not
+        answer in time get None, and the other nodes' answers stand.
         """
         results: list[Any] = [None] * len(keys)
         pending = list(range(len(keys)))
-        for _ in range(2):
+        for per_slot in (False, True):
             failures = await self._run_by_node(
-                script, keys, pending, args, results, what, answer_within
+                script, keys, pending, args, results, what, answer_within, per_slot
             )
             if not failures:
                 return results
@@ -161,26 +197,38 @@ class ClusterStore(Store):
         results: list[Any],
         what: str,
         answer_within: float | None,
+        per_slot: bool,
     ) -> list[tuple[list[int], Exception]]:
-        """Run *script* over the keys at *indexes*; the indexes of failed nodes."""
+        """Run *script* over the keys at *indexes*; the indexes of failed nodes.
+
+        Each node gets one pipeline: of calls over all its keys (see the
+        module's docstring), or with *per_slot*, of calls that declare their
+        keys, one slot each.
+        """
         by_node: dict[tuple[str, int], dict[int, list[int]]] = defaultdict(
             lambda: defaultdict(list)
         )
         for index in indexes:
             slot = self.redis.keyslot(keys[index])
             node = self.redis.nodes_manager.get_node_from_slot(slot)
-            by_node[(node.host, int(node.port))][slot].append(index)
+            by_node[(node.host, int(node.port))][slot if per_slot else 0].append(index)
+        node_wide = self._node_wide[script.sha]
 
         async def run_on(address: tuple[str, int], slots: dict[int, list[int]]) -> None:
             order: list[int] = []
             calls = []
             for slot_indexes in slots.values():
                 for chunk in _chunks(slot_indexes, LOCK_CHUNK):
-                    calls.append(([keys[i] for i in chunk], args))
+                    chunk_keys = [keys[i] for i in chunk]
+                    if per_slot:
+                        calls.append((chunk_keys, args))
+                    else:
+                        calls.append(([], [len(args), *args, *chunk_keys]))
                     order.extend(chunk)
             where = f"{what} on {address[0]}:{address[1]}"
             client = self.node_client(*address)
-            replies = await self._scripted(script, calls, where, client=client)
+            sent = script if per_slot else node_wide
+            replies = await self._scripted(sent, calls, where, client=client)
             for index, value in zip(
                 order, (v for reply in replies for v in reply), strict=True
             ):

@@ -18,6 +18,7 @@ from rsc_async import (
     RedisStreamClient,
     add_stream,
 )
+from rsc_async._metrics import NoMetrics
 from rsc_async.testing import RedisClusterServers, RedisUnavailableError
 
 
@@ -195,6 +196,53 @@ async def test_tokens_grow_across_slots(
         assert 10 == len(set(tokens))
         counter = await cluster_client.get(f"{service_name}-fencing")
         assert str(max(tokens)).encode() == counter
+
+
+class _Extensions(NoMetrics):
+    """Counts lock extensions, one per held stream per heartbeat tick."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def record_lock_extension_attempt(self, stream: str, success: bool) -> None:
+        self.count += 1
+
+
+async def test_a_heartbeat_is_one_script_call_per_node_whatever_the_slots(
+    cluster: RedisClusterServers, cluster_client: RedisCluster, service_name: str
+) -> None:
+    """Locks in many slots of a node are extended by one script call a tick."""
+    extensions = _Extensions()
+    client = RedisStreamClient(
+        cluster_client,
+        service_name,
+        consumer_id="a",
+        hb_interval=0.5,
+        reconcile_interval=0,
+        metrics=extensions,
+    )
+    names = [f"slotted-{n}" for n in range(90)]
+    async with client:
+        await client.init()
+        for name in names:
+            await add_stream(cluster_client, service_name, name)
+        await wait_for(lambda: len(client.held_streams) == len(names), timeout=10)
+        slots = {cluster_client.keyslot(info.mutex_key) for info in client.held_streams}
+        primaries = cluster_client.get_primaries()
+        for node in primaries:
+            await cluster_client.config_resetstat(target_nodes=node)
+        start = extensions.count
+        await wait_for(lambda: extensions.count >= start + 3 * len(names), timeout=10)
+        calls = []
+        for node in primaries:
+            stats = await cluster_client.info("commandstats", target_nodes=node)
+            calls.append(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    assert len(slots) > 80
+    # Three ticks reported, give or take one that straddled the reset and
+    # one or two sent before the counters were read; one call per slot would
+    # be about thirty a tick on each node.
+    assert all(2 <= count <= 5 for count in calls), calls
 
 
 def _failover(cluster: RedisClusterServers, replica_port: int) -> None:
