@@ -1,4 +1,4 @@
-"""``python -m benchmarks [heartbeat|throughput|takeover ...] [options]``."""
+"""``python -m benchmarks [heartbeat|throughput|takeover|cluster ...] [options]``."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Any
 
 from rsc_async.testing import find_redis_server
 
-from . import heartbeat, takeover, throughput
+from . import cluster, heartbeat, takeover, throughput
 from ._report import Line, render
 
-BENCHMARKS = ("heartbeat", "throughput", "takeover")
+BENCHMARKS = ("heartbeat", "throughput", "takeover", "cluster")
 
 
 def integers(text: str) -> tuple[int, ...]:
@@ -49,7 +49,9 @@ def parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="small sizes for a smoke run (< 1 min)"
     )
     cli.add_argument("--redis-server", help="redis-server binary to start")
-    group = cli.add_argument_group("heartbeat")
+    group = cli.add_argument_group(
+        "heartbeat", "--streams, --seconds and --hb-interval apply to cluster too"
+    )
     group.add_argument("--streams", type=integers, help="K values, e.g. 1000,10000")
     group.add_argument("--seconds", type=float, help="measured window per K")
     group.add_argument("--hb-interval", type=float, help="lock TTL in seconds")
@@ -62,7 +64,11 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--workers", type=int, help="consumer processes")
     group.add_argument("--concurrency", type=int, help="done_stream calls at once")
     group.add_argument("--read-count", type=int, help="XREADGROUP COUNT")
-    group = cli.add_argument_group("takeover")
+    group = cli.add_argument_group(
+        "takeover",
+        "--held, --ttls, --rounds and --claim-concurrency apply to cluster too; "
+        "its nodes run at the default hz",
+    )
     group.add_argument("--held", type=int, help="streams the killed holder holds, H")
     group.add_argument("--ttls", type=floats, help="hb_interval values, e.g. 2,0.5")
     group.add_argument("--hz", type=integers, help="redis-server hz values")
@@ -125,6 +131,9 @@ async def run(selected: Sequence[str], args: argparse.Namespace) -> list[Line]:
         ),
         "takeover": lambda: takeover.run(
             options_for(takeover.Options, takeover.QUICK, args, {"streams": "held"})
+        ),
+        "cluster": lambda: cluster.run(
+            options_for(cluster.Options, cluster.QUICK, args, {})
         ),
     }
     lines: list[Line] = []

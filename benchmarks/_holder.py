@@ -4,7 +4,8 @@ Two designs, chosen with ``--design``:
 
 ``library``
     a :class:`rsc_async.RedisStreamClient` takes K entries from the LBS and
-    holds them with its one heartbeat.
+    holds them with its one heartbeat. With ``--cluster`` its Redis is a
+    Redis Cluster, reached through a ``RedisCluster`` client.
 ``tasks``
     the design of the Go library: one asyncio task per lock, each sending one
     compare-and-extend script call every half interval. It takes its locks
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -28,6 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from rsc_async import (
@@ -35,6 +38,9 @@ from rsc_async import (
     NotificationType,
     RedisStreamClient,
 )
+from rsc_async._cluster import _KEYS_IN_ARGV, ClusterStore
+from rsc_async._metrics import NoMetrics
+from rsc_async._store import _EXTEND
 
 from ._child import commands, emit, next_command
 
@@ -55,6 +61,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+EXTEND_SHA = hashlib.sha1(_EXTEND.encode()).hexdigest()
+"""The library's extension script, which only the heartbeat sends."""
+
+HEARTBEAT_SHAS = {
+    EXTEND_SHA,
+    hashlib.sha1((_KEYS_IN_ARGV + _EXTEND).encode()).hexdigest(),
+}
+"""The extension script in both forms: keys declared, and keys in ARGV (the
+form a cluster node gets)."""
+
+NOTES_KEPT = 5
+"""Warnings and errors of the library passed on to the parent, at most."""
 
 
 @dataclass
@@ -80,12 +100,14 @@ class Counters:
 
 
 class CountingPipeline(Pipeline):
-    """A pipeline that counts the round trips of script pipelines.
+    """A pipeline that counts its round trips when it carries the heartbeat.
 
-    redis-py checks, before each pipeline holding a script call, that the
-    server knows the script (SCRIPT EXISTS, sent on its own): a round trip
-    nothing else would reveal from the client side. Pipelines without a
-    script are not counted: they are not the heartbeat's.
+    The heartbeat sends a tick's extension calls by SHA in one pipeline per
+    server (per node of a cluster); each such pipeline is a round trip. A
+    command sent on its own while the pipeline runs (redis-py checks a queued
+    script object with SCRIPT EXISTS first) is one more, and counted too.
+    Pipelines without the extension script are not counted: they are not
+    the heartbeat's.
     """
 
     counters: Counters
@@ -99,12 +121,13 @@ class CountingPipeline(Pipeline):
         )
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        scripts = sum(1 for command, _ in self.command_stack if command[0] == "EVALSHA")
+        scripts = sum(
+            1
+            for command, _ in self.command_stack
+            if command[0] == "EVALSHA" and command[1] in HEARTBEAT_SHAS
+        )
         if scripts:
-            # The heartbeat is the only sender of script pipelines while a
-            # window is measured: nothing is taken or finished then.
             self.counting = True
-            self.counters.ticks += 1
             self.counters.script_calls += scripts
             self.counters.round_trips += 1
         return await super().execute(raise_on_error)
@@ -125,31 +148,103 @@ class CountingRedis(aioredis.Redis):
         return pipe
 
 
-class WarningCounter(logging.Handler):
-    """Counts the library's warnings (slow ticks, lost locks) into *counters*."""
+def count_node_pipelines(counters: Counters) -> None:
+    """Make the pipelines the library sends to single cluster nodes count.
+
+    On a cluster the heartbeat sends one pipeline per node through plain
+    clients of single nodes that the library opens itself
+    (``ClusterStore.node_client``). Each is paired here with a counting
+    client on the same connection pool, so that the commands go exactly as
+    before and only the counting is added.
+    """
+    node_client = ClusterStore.node_client
+    wrappers: dict[int, CountingRedis] = {}
+
+    def counting(store: ClusterStore, host: str, port: int) -> aioredis.Redis:
+        client = node_client(store, host, port)
+        wrapper = wrappers.get(id(client))
+        if wrapper is None or wrapper.connection_pool is not client.connection_pool:
+            wrapper = CountingRedis(connection_pool=client.connection_pool)
+            wrapper.counters = counters
+            wrappers[id(client)] = wrapper
+        return wrapper
+
+    ClusterStore.node_client = counting  # type: ignore[method-assign,assignment]
+
+
+class TickCounter(NoMetrics):
+    """Counts the heartbeat's ticks through the library's metrics hook.
+
+    After each tick the heartbeat reports every lock it extended, in one step
+    of the event loop; the first report of a step starts a tick. A tick on a
+    cluster is several pipelines, so pipelines cannot stand for ticks.
+    """
 
     def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self._in_tick = False
+
+    def record_lock_extension_attempt(self, stream: str, success: bool) -> None:
+        if not self._in_tick:
+            self._in_tick = True
+            self.counters.ticks += 1
+            asyncio.get_running_loop().call_soon(self._end_tick)
+
+    def _end_tick(self) -> None:
+        self._in_tick = False
+
+
+class WarningCounter(logging.Handler):
+    """Counts the library's warnings (slow ticks, lost locks) into *counters*.
+
+    The first few are kept as text in *notes*, so the parent can say what
+    went wrong.
+    """
+
+    def __init__(self, counters: Counters, notes: list[str]) -> None:
         super().__init__(logging.WARNING)
         self.counters = counters
+        self.notes = notes
 
     def emit(self, record: logging.LogRecord) -> None:
         self.counters.warnings += 1
+        if len(self.notes) < NOTES_KEPT:
+            self.notes.append(f"{record.levelname}: {record.getMessage()}")
 
 
 @dataclass
 class Holding:
-    """A design that holds the streams, and its counters."""
+    """A design that holds the streams, its counters and what it logged."""
 
     counters: Counters = field(default_factory=Counters)
+    notes: list[str] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def hold_with_library(args: argparse.Namespace, holding: Holding) -> None:
-    """Let a client take ``args.streams`` entries and hold them until cancelled."""
+def library_redis(
+    args: argparse.Namespace, counters: Counters
+) -> aioredis.Redis | RedisCluster:
+    """The Redis client the library holds with, its heartbeat counted."""
+    if args.cluster:
+        count_node_pipelines(counters)
+        return RedisCluster.from_url(args.url)
     redis = CountingRedis.from_url(args.url)
     assert isinstance(redis, CountingRedis)
-    redis.counters = holding.counters
-    logging.getLogger("rsc_async").addHandler(WarningCounter(holding.counters))
+    redis.counters = counters
+    return redis
+
+
+async def hold_with_library(args: argparse.Namespace, holding: Holding) -> None:
+    """Let a client take ``args.streams`` entries and hold them until cancelled.
+
+    Reconciliation sweeps are off: the heartbeat benchmark times one sweep
+    apart, and one falling inside a window would be counted as the
+    heartbeat's cost.
+    """
+    redis = library_redis(args, holding.counters)
+    logging.getLogger("rsc_async").addHandler(
+        WarningCounter(holding.counters, holding.notes)
+    )
     client = RedisStreamClient(
         redis,
         args.service,
@@ -157,6 +252,8 @@ async def hold_with_library(args: argparse.Namespace, holding: Holding) -> None:
         hb_interval=args.hb_interval,
         read_batch=1000,
         output_buffer_size=1000,
+        reconcile_interval=0,
+        metrics=TickCounter(holding.counters),
     )
     added = 0
     try:
@@ -169,6 +266,8 @@ async def hold_with_library(args: argparse.Namespace, holding: Holding) -> None:
                 holding.counters.lost += 1
             elif notification.type is NotificationType.STREAM_TERMINATED:
                 holding.counters.errors += 1
+                if len(holding.notes) < NOTES_KEPT:
+                    holding.notes.append(f"terminated: {notification.additional_info}")
     finally:
         await client.done()
         await redis.aclose()
@@ -264,6 +363,7 @@ async def main(args: argparse.Namespace) -> None:
                 "measured",
                 cpu_seconds=time.process_time() - cpu,
                 seconds=time.monotonic() - wall,
+                notes=holding.notes,
                 **holding.counters.since(before),
             )
     holder.cancel()
@@ -279,6 +379,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hb-interval", type=float, default=2.0)
     parser.add_argument("--design", choices=("library", "tasks"), default="library")
     parser.add_argument("--consumer", default="holder")
+    parser.add_argument(
+        "--cluster", action="store_true", help="--url names a Redis Cluster node"
+    )
     return parser.parse_args(argv)
 
 

@@ -10,15 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from rsc_async import LBSMessage
-from rsc_async.testing import RedisServer
+from rsc_async.testing import RedisClusterServers, RedisServer
 
 SHARED_PORT = 6379
 """Somebody else's Redis may listen here; a benchmark never uses it."""
 
 XADD_BATCH = 1000
 """LBS entries added per round trip while filling the LBS."""
+
+Client = aioredis.Redis | RedisCluster
+"""A client of one server or of a cluster: the library takes either."""
 
 
 @contextlib.contextmanager
@@ -36,6 +40,32 @@ def server(executable: str | None = None, *, hz: int | None = None) -> Iterator[
         raise RuntimeError(msg)
     with redis_server:
         yield redis_server.url
+
+
+@contextlib.contextmanager
+def cluster(
+    executable: str | None = None, *, primaries: int = 3, replicas: int = 1
+) -> Iterator[RedisClusterServers]:
+    """Start a fresh local Redis Cluster on free ports; yield it; stop it.
+
+    Args:
+        executable: the redis-server binary; default what rsc_async.testing finds.
+        primaries: how many primaries.
+        replicas: replicas per primary.
+    """
+    servers = RedisClusterServers(primaries, replicas, executable=executable)
+    if any(node.port == SHARED_PORT for node in servers.nodes):
+        msg = f"refusing to start a benchmark cluster node on port {SHARED_PORT}"
+        raise RuntimeError(msg)
+    with servers:
+        yield servers
+
+
+def connect(url: str, *, cluster: bool = False) -> Client:
+    """A client of the server at *url*, or of the cluster *url* is a node of."""
+    if cluster:
+        return RedisCluster.from_url(url)
+    return aioredis.Redis.from_url(url)
 
 
 @dataclass(frozen=True)
@@ -123,7 +153,7 @@ def stream_names(count: int, prefix: str = "stream") -> list[str]:
     return [f"{prefix}-{n:06d}" for n in range(count)]
 
 
-async def create_group(redis: aioredis.Redis, service: str) -> None:
+async def create_group(redis: Client, service: str) -> None:
     """Create the service's consumer group as a consumer would, LBS included.
 
     Done before filling the LBS, because the group starts at ``$`` and would
@@ -133,7 +163,7 @@ async def create_group(redis: aioredis.Redis, service: str) -> None:
 
 
 async def fill_lbs(
-    redis: aioredis.Redis, service: str, names: Sequence[str], *, at_once: bool = False
+    redis: Client, service: str, names: Sequence[str], *, at_once: bool = False
 ) -> list[str]:
     """XADD one LBS entry per name, pipelined; the entry ids in order.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 WIDTH = 100
@@ -36,7 +37,14 @@ class Section:
     title: str
 
 
-Line = Row | Section
+@dataclass(frozen=True)
+class Note:
+    """A line of text under the rows: what failed or was logged, and where."""
+
+    text: str
+
+
+Line = Row | Section | Note
 
 HEADER = Row("case", "metric", "rsc_async", "vs", "other", "ratio")
 
@@ -91,6 +99,12 @@ def render(lines: list[Line]) -> str:
     for line in lines:
         if isinstance(line, Section):
             out.extend(["", line.title[:WIDTH], rule])
+        elif isinstance(line, Note):
+            out.append(
+                textwrap.fill(
+                    line.text, WIDTH, initial_indent="! ", subsequent_indent="  "
+                )
+            )
         else:
             out.append(format_row(line))
     return "\n".join(out)

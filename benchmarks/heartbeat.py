@@ -33,7 +33,7 @@ from rsc_async._reconcile import Reconciler
 from rsc_async._store import _EXTEND, LOCK_CHUNK, Fields, Store
 
 from ._child import Child
-from ._holder import EXTEND_ONE, LOCK_VALUE_PREFIX, Holding, keep_lock
+from ._holder import EXTEND_ONE, EXTEND_SHA, LOCK_VALUE_PREFIX, Holding, keep_lock
 from ._redis import (
     create_group,
     fill_lbs,
@@ -234,17 +234,14 @@ async def extend_tick(
 ) -> None:
     """One heartbeat tick as the library sends it, *chunk* locks per call.
 
-    The library's own script, every call in one pipeline, through redis-py's
-    script objects (so with the same SCRIPT EXISTS check before the pipeline).
-    Written out here rather than called through the private Store, whose
-    signature is not meant to be stable.
+    The library's own script, every call by its SHA in one pipeline (the
+    script is loaded beforehand). Written out here rather than called through
+    the private Store, whose signature is not meant to be stable.
     """
-    script = redis.register_script(_EXTEND)
     async with redis.pipeline(transaction=False) as pipe:
         for start in range(0, len(keys), chunk):
-            await script(
-                list(keys[start : start + chunk]), [value, 600_000], client=pipe
-            )
+            part = keys[start : start + chunk]
+            pipe.evalsha(EXTEND_SHA, len(part), *part, value, 600_000)
         await pipe.execute()
 
 
@@ -265,7 +262,7 @@ async def repeat_ticks(
     command: str = "evalsha",
 ) -> Tick:
     """Run ``await tick()`` *repeats* times; what one took, on both sides."""
-    await tick()  # loads the script and warms the connection
+    await tick()  # warms the connection
     before = await snapshot(redis)
     cpu, wall = time.process_time(), time.monotonic()
     for _ in range(repeats):
@@ -295,6 +292,7 @@ async def chunk_rows(options: Options) -> list[Line]:
         keys = lock_keys(locks)
         value = f"{LOCK_VALUE_PREFIX}{CONSUMER}"
         await set_locks(redis, keys, value)
+        await redis.script_load(_EXTEND)
         ticks: dict[int, Tick] = {}
         for size in options.chunk_sizes:
             ticks[size] = await repeat_ticks(
@@ -341,12 +339,13 @@ async def compare_rows(options: Options) -> list[Line]:
         keys = lock_keys(locks)
         value = f"{LOCK_VALUE_PREFIX}{CONSUMER}"
         await set_locks(redis, keys, value)
-        extend_one = redis.register_script(EXTEND_ONE)
+        await redis.script_load(_EXTEND)
+        extend_one: str = await redis.script_load(EXTEND_ONE)
 
         async def per_key() -> None:
             async with redis.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    await extend_one([key], [value, 600_000], client=pipe)
+                    pipe.evalsha(extend_one, 1, key, value, 600_000)
                 await pipe.execute()
 
         batch = await repeat_ticks(

@@ -11,6 +11,7 @@ the rounds together cover the whole interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import sys
@@ -18,12 +19,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
 from rsc_async import LBSInfo, NotificationType, RedisStreamClient, RSCError
 
 from ._child import Child
-from ._redis import create_group, fill_lbs, server, stream_names
+from ._redis import connect, create_group, fill_lbs, server, stream_names
 from ._report import Line, Row, Section, number, ratio
 
 SERVICE = "bench"
@@ -78,30 +77,39 @@ def spread(values: Sequence[float]) -> str:
 
 
 async def takeover_round(
-    url: str, ttl: float, options: Options, delays: Delays
+    url: str, ttl: float, options: Options, delays: Delays, *, cluster: bool = False
 ) -> None:
-    """Hold *streams* in a child, kill it, and time this process claiming them."""
-    redis = aioredis.Redis.from_url(url)
-    await redis.flushall()
-    await create_group(redis, SERVICE)
-    streams = options.streams
-    await fill_lbs(redis, SERVICE, stream_names(streams))
-    holder = await Child.start(
-        "_holder",
-        f"--url={url}",
-        f"--service={SERVICE}",
-        f"--streams={streams}",
-        f"--hb-interval={ttl}",
-    )
-    claimer_redis = aioredis.Redis.from_url(url)
-    claimer = RedisStreamClient(
-        claimer_redis,
-        SERVICE,
-        consumer_id="claimer",
-        hb_interval=ttl,
-        lbs_idle_time=max(40.0, 2 * ttl),
-    )
-    try:
+    """Hold *streams* in a child, kill it, and time this process claiming them.
+
+    With *cluster*, *url* names a node of a Redis Cluster, and both the holder
+    and the claimer use a cluster client.
+    """
+    async with contextlib.AsyncExitStack() as cleanup:
+        redis = connect(url, cluster=cluster)
+        cleanup.push_async_callback(redis.aclose)
+        await redis.flushall()
+        await create_group(redis, SERVICE)
+        streams = options.streams
+        await fill_lbs(redis, SERVICE, stream_names(streams))
+        holder = await Child.start(
+            "_holder",
+            f"--url={url}",
+            f"--service={SERVICE}",
+            f"--streams={streams}",
+            f"--hb-interval={ttl}",
+            *(["--cluster"] if cluster else []),
+        )
+        cleanup.push_async_callback(holder.close)
+        claimer_redis = connect(url, cluster=cluster)
+        cleanup.push_async_callback(claimer_redis.aclose)
+        claimer = RedisStreamClient(
+            claimer_redis,
+            SERVICE,
+            consumer_id="claimer",
+            hb_interval=ttl,
+            lbs_idle_time=max(40.0, 2 * ttl),
+        )
+        cleanup.push_async_callback(claimer.done)
         await holder.expect("ready")
         await claimer.init()
         # Held a TTL first, as streams of a live consumer are (a claimer that
@@ -113,11 +121,6 @@ async def takeover_round(
         await asyncio.wait_for(
             claim_all(claimer, killed, options, delays), 2 * ttl + CLAIM_TIMEOUT
         )
-    finally:
-        await claimer.done()
-        await claimer_redis.aclose()
-        await holder.close()
-        await redis.aclose()
 
 
 async def claim_all(
@@ -165,9 +168,8 @@ def progress(message: str) -> None:
     print(f"[takeover] {message}", file=sys.stderr, flush=True)
 
 
-def rows(ttl: float, hz: int, delays: Delays, tried: int) -> list[Line]:
-    """The table rows of one TTL at one server hz."""
-    case = f"TTL {ttl:g} s, hz {hz}"
+def rows(case: str, ttl: float, delays: Delays, tried: int) -> list[Line]:
+    """The table rows of one TTL, under the name *case*."""
     ttl_ms = 1000 * ttl
     target = ttl_ms + TARGET_MARGIN_MS
     expired_p99 = percentile(delays.expired, 0.99) if delays.expired else math.nan
@@ -210,5 +212,5 @@ async def run(options: Options) -> list[Line]:
                 for _ in range(options.rounds):
                     await takeover_round(url, ttl, options, delays)
                 tried = options.streams * options.rounds
-                lines.extend(rows(ttl, hz, delays, tried))
+                lines.extend(rows(f"TTL {ttl:g} s, hz {hz}", ttl, delays, tried))
     return lines
