@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -20,11 +21,13 @@ from importlib import metadata
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
-from ._cli_connection import Connection, connection_flags
+from ._cli_connection import Connection, ConnectionFlagError, connection_flags
 from ._cli_dead import DEAD_ID_PATTERN, run_dead
 from ._cli_demo import DemoError, run_demo
 from ._cli_render import (
+    MAX_WIDTH,
     PROG,
+    HelpFormatter,
     complain,
     render_human,
     render_json,
@@ -32,6 +35,7 @@ from ._cli_render import (
     terminal_width,
 )
 from ._cli_status import read_status
+from ._cli_table import truncate
 from ._errors import RedisCommandError
 from ._models import MUTEX_KEY_SEP
 from ._producer import add_stream
@@ -53,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
+    except ConnectionFlagError as exc:
+        complain(str(exc))
+        return 2
     except KeyboardInterrupt:
         # Ctrl-C is how --watch is meant to end.
         return 0 if getattr(args, "watch", None) is not None else 130
@@ -74,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "COMMAND --help`. Exit codes: 0 ok, 1 Redis unreachable or an "
         "operation failed, 2 usage.",
         parents=[connection],
+        formatter_class=HelpFormatter,
         add_help=False,
     )
     parser.add_argument("--help", action="help", help="show this help and exit")
@@ -103,6 +111,7 @@ def _subcommand(
         help=summary,
         description=summary[0].upper() + summary[1:] + ".",
         parents=[connection],
+        formatter_class=HelpFormatter,
         add_help=False,
     )
     parser.add_argument("--help", action="help", help="show this help and exit")
@@ -251,15 +260,33 @@ async def _connected(command: Command, args: argparse.Namespace) -> int:
 
 
 def _redis_problem(exc: Exception, address: str) -> str:
+    """One line of what went wrong; a long address gives way to the reason."""
     cause = exc.__cause__ if isinstance(exc, RedisCommandError) else exc
     text = " ".join(str(cause or exc).split())
     if isinstance(
         cause, redis_errors.AuthenticationError | redis_errors.NoPermissionError
     ):
-        return f"Redis at {address} refused us: {text}"
-    if isinstance(cause, redis_errors.ConnectionError | redis_errors.TimeoutError):
-        return f"cannot reach Redis at {address}: {text}"
-    return f"Redis at {address} failed: {text}"
+        before, after = "Redis at ", f" refused us: {text}"
+    elif isinstance(cause, redis_errors.ConnectionError | redis_errors.TimeoutError):
+        before, after = "cannot reach Redis at ", f": {_network_reason(cause, text)}"
+    else:
+        before, after = "Redis at ", f" failed: {text}"
+    room = MAX_WIDTH - len(f"{PROG}: {before}{after}")
+    return before + truncate(address, max(room, 20), cut_end=False) + after
+
+
+def _network_reason(exc: BaseException, text: str) -> str:
+    """Why a connection failed, without the address redis-py repeats."""
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        if isinstance(seen, socket.gaierror) and seen.strerror:
+            return seen.strerror
+        if isinstance(seen, OSError) and seen.errno and seen.errno > 0:
+            return os.strerror(seen.errno)
+        visited.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return re.sub(r"^Error (-?\d+ )?connecting to \S+\. ", "", text).rstrip(".")
 
 
 async def _status(redis: aioredis.Redis, args: argparse.Namespace) -> int:
@@ -276,7 +303,7 @@ async def _status(redis: aioredis.Redis, args: argparse.Namespace) -> int:
             text = render_plain(status)
         if args.watch is not None and tty:
             header = f"every {args.watch:g}s: {PROG} status {args.service}  {now}"
-            text = f"{CLEAR_SCREEN}{header}\n\n{text}"
+            text = f"{CLEAR_SCREEN}{truncate(header, terminal_width())}\n\n{text}"
         elif args.watch is not None and not args.json:
             text = f"# {now}\n{text}\n"
         sys.stdout.write(text)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from ._cli_table import truncate
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6379
@@ -26,6 +30,15 @@ COMMAND_TIMEOUT = 30.0
 RETRIES = 1
 """Immediate retries of a command whose connection failed: a command line
 should say at once that the server is unreachable, not back off for seconds."""
+
+URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+SHOWN_URL_WIDTH = 40
+"""The most of a bad ``-u`` a message shows, so that it fits on one line."""
+
+
+class ConnectionFlagError(Exception):
+    """The connection flags cannot be used: a usage error, not a Redis one."""
 
 
 def connection_flags() -> argparse.ArgumentParser:
@@ -110,11 +123,19 @@ class Connection:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Connection:
         """The connection the parsed flags describe; the password may come from
-        ``REDISCLI_AUTH``."""
+        ``REDISCLI_AUTH``.
+
+        Raises:
+            ConnectionFlagError: ``-u`` is not a Redis URL, or ``--tls`` was given
+                with a ``unix://`` one.
+        """
         given = vars(args)
+        url = given.get("url")
+        if url is not None:
+            _check_url(url, tls=given.get("tls", False))
         password = given.get("password") or os.environ.get(PASSWORD_ENV) or None
         return cls(
-            url=given.get("url"),
+            url=url,
             host=given.get("host", DEFAULT_HOST),
             port=given.get("port", DEFAULT_PORT),
             db=given.get("db"),
@@ -137,33 +158,40 @@ class Connection:
         """The server, for messages; a password in the URL is masked."""
         if self.url is None:
             return f"{self.host}:{self.port}"
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
+        return _masked(self.url)
 
     def redis(self) -> aioredis.Redis:
-        """A new client of this server; the caller closes it."""
+        """A new client of this server; the caller closes it.
+
+        As with redis-cli, ``-n`` and ``--user`` win over the database and user
+        a ``-u`` URL names.
+        """
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": COMMAND_TIMEOUT,
             "retry": Retry(NoBackoff(), RETRIES),
         }
-        if self.db is not None:
-            options["db"] = self.db
         if self.password is not None:
             options["password"] = self.password
-        if self.user is not None:
-            options["username"] = self.user
         if self.tls or (self.url or "").startswith("rediss://"):
             options.update(self._tls_options())
-        if self.url is not None:
-            url = self.url
-            if self.tls and url.startswith("redis://"):
-                url = "rediss://" + url.removeprefix("redis://")
-            return aioredis.Redis.from_url(url, **options)
-        return aioredis.Redis(host=self.host, port=self.port, ssl=self.tls, **options)
+        flags: dict[str, Any] = {}
+        if self.db is not None:
+            flags["db"] = self.db
+        if self.user is not None:
+            flags["username"] = self.user
+        if self.url is None:
+            return aioredis.Redis(
+                host=self.host, port=self.port, ssl=self.tls, **options, **flags
+            )
+
+        url = self.url
+        if self.tls and url.startswith("redis://"):
+            url = "rediss://" + url.removeprefix("redis://")
+        # from_url lets what the URL says win over keyword arguments, so the
+        # flags are laid over the parsed URL here instead.
+        pool = aioredis.ConnectionPool(**{**options, **parse_url(url), **flags})
+        return aioredis.Redis.from_pool(pool)
 
     def _tls_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -196,3 +224,32 @@ class Connection:
         if self.password is not None:
             env[PASSWORD_ENV] = self.password
         return env
+
+
+def _masked(url: str) -> str:
+    """*url* with its password, if any, replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # A netloc urlsplit refuses, such as an unclosed "[": mask by hand.
+        return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url, count=1)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _check_url(url: str, *, tls: bool) -> None:
+    """Raise :class:`ConnectionFlagError` unless redis-py can connect to *url*."""
+    shown = truncate(_masked(url), SHOWN_URL_WIDTH, cut_end=False)
+    if not url.startswith(URL_SCHEMES):
+        msg = f"-u {shown!r} is not a redis://, rediss:// or unix:// URL"
+        raise ConnectionFlagError(msg)
+    if tls and url.startswith("unix://"):
+        msg = f"--tls does not apply to the unix socket of -u {shown!r}"
+        raise ConnectionFlagError(msg)
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        msg = f"-u {shown!r} is not a Redis URL: {str(exc).rstrip('.')}"
+        raise ConnectionFlagError(msg) from None

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import anyio
 import redis.asyncio as aioredis
 
 from ._cli_connection import Connection, connection_flags
+from ._cli_render import MAX_WIDTH
+from ._cli_table import truncate
 from ._client import RedisStreamClient
 from ._errors import AlreadyClaimedError
 from ._models import NotificationType
@@ -32,6 +35,8 @@ from ._producer import add_stream
 
 CONSUMERS = ("ann", "bob", "cyd")
 STREAM_COUNT = 6
+STAMP_WIDTH = 9
+"""Columns of the ``  1.26s  `` before each line the demo prints."""
 STEP_TIMEOUT = 20.0
 """Seconds one step may take, beyond a few lock lifetimes, before giving up."""
 
@@ -69,9 +74,17 @@ class Demo:
         self.timeout = STEP_TIMEOUT + 5 * hb_interval
 
     def say(self, text: str, at: float | None = None) -> None:
-        """Print *text* after the seconds since the start."""
+        """Print *text* after the seconds since the start, wrapped to 80 columns."""
         elapsed = (time.monotonic() if at is None else at) - self.started
-        print(f"{elapsed:6.2f}s  {text}", file=self.out, flush=True)
+        stamp = f"{elapsed:6.2f}s  "
+        lines = textwrap.wrap(
+            text,
+            MAX_WIDTH,
+            initial_indent=stamp,
+            subsequent_indent=" " * len(stamp),
+            break_on_hyphens=False,
+        )
+        print("\n".join(lines), file=self.out, flush=True)
 
     async def run(self) -> None:
         """The whole demo; the consumers are stopped and the keys removed after.
@@ -82,9 +95,11 @@ class Demo:
         redis = self.connection.redis()
         listeners: list[asyncio.Task[None]] = []
         try:
+            where = f"service {self.service} on "
+            room = MAX_WIDTH - STAMP_WIDTH - len(where)
+            self.say(where + truncate(self.connection.address, room, cut_end=False))
             self.say(
-                f"service {self.service} on {self.connection.address}; a lock "
-                f"lives {self.hb_interval:g}s and is renewed every "
+                f"a lock lives {self.hb_interval:g}s and is renewed every "
                 f"{self.hb_interval / 2:g}s"
             )
             await self._start_consumers(listeners)
@@ -159,8 +174,8 @@ class Demo:
         await child.wait()
         self.crashed_at = time.monotonic()
         self.say(
-            f"{victim} crashes (SIGKILL); its locks expire within "
-            f"{self.hb_interval:g}s plus the server's expiry lag"
+            f"{victim} crashes (SIGKILL); its locks expire in "
+            f"{self.hb_interval:g}s + Redis's expiry lag"
         )
         return victim
 

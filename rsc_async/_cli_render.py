@@ -3,6 +3,7 @@ lines for scripts, JSON for machines."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -16,13 +17,22 @@ MAX_WIDTH = 80
 
 
 def complain(text: str) -> None:
-    """Print one line about a problem to stderr."""
-    print(f"{PROG}: {text}", file=sys.stderr)
+    """Print one line about a problem to stderr, cut to 80 columns."""
+    line = " ".join(f"{PROG}: {text}".split())
+    print(truncate(line, MAX_WIDTH), file=sys.stderr)
 
 
 def terminal_width() -> int:
     """The width to lay tables out in: the terminal's, at most 80."""
     return min(MAX_WIDTH, shutil.get_terminal_size((MAX_WIDTH, 24)).columns)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, wrapped to the terminal but never wider than 80."""
+
+    def __init__(self, prog: str) -> None:
+        # The margin of 2 is the one argparse leaves when it picks the width.
+        super().__init__(prog, width=terminal_width() - 2)
 
 
 STREAM_COLUMNS = (

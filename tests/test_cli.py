@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -20,9 +21,11 @@ import anyio
 import pytest
 import redis.asyncio
 from _wait import wait_for
+from redis.asyncio.connection import SSLConnection
 
 from rsc_async import RedisStreamClient, add_stream
-from rsc_async._cli import main
+from rsc_async._cli import build_parser, main
+from rsc_async._cli_connection import Connection
 from rsc_async._cli_table import Column, render_table
 from rsc_async.testing import RedisServer, free_port
 from rsc_async.testing.pytest_plugin import RedisServerFactory
@@ -228,6 +231,22 @@ async def test_unreachable_redis_exits_1_with_one_line_on_stderr(
     assert err.startswith(f"rsc-async: cannot reach Redis at 127.0.0.1:{port}: ")
 
 
+async def test_unreachable_redis_with_a_long_url_says_why_within_80_columns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A long URL is cut in the middle so that the reason still fits one line."""
+    url = f"redis://127.0.0.1:{free_port()}/0?client_name={'x' * 80}"
+
+    code, _, err = await _run(capsys, "status", "svc", "-u", url)
+
+    [line] = err.splitlines()
+    assert 1 == code
+    assert line.startswith("rsc-async: cannot reach Redis at redis://127.0")
+    assert line.endswith(f"xxx: {os.strerror(errno.ECONNREFUSED)}")
+    assert "…" in line
+    assert len(line) <= 80
+
+
 async def test_password_comes_from_rediscli_auth(
     capsys: pytest.CaptureFixture[str],
     redis_server_factory: RedisServerFactory,
@@ -255,6 +274,104 @@ async def test_connection_flags_go_before_or_after_the_command(
     after, _, _ = await _run(capsys, "status", "svc", "-h", host, "-p", port)
 
     assert (0, 0) == (before, after)
+
+
+async def test_n_flag_wins_over_the_database_of_the_url(
+    capsys: pytest.CaptureFixture[str],
+    dedicated_redis: RedisServer,
+    service_name: str,
+) -> None:
+    """-n 3 puts the new LBS entry in database 3 though the URL names 0."""
+    url = dedicated_redis.url
+    code, _, _ = await _run(capsys, "add", service_name, "s", "-u", url, "-n", "3")
+
+    lengths = []
+    for db in (0, 3):
+        connection = redis.asyncio.Redis(
+            host=dedicated_redis.host, port=dedicated_redis.port, db=db
+        )
+        try:
+            lengths.append(await connection.xlen(f"{service_name}-input"))
+        finally:
+            await connection.aclose()
+    assert (0, [0, 1]) == (code, lengths)
+
+
+async def test_user_flag_wins_over_the_user_of_the_url(
+    capsys: pytest.CaptureFixture[str], redis_server_factory: RedisServerFactory
+) -> None:
+    """--user logs in as that ACL user although the URL names another."""
+    server = redis_server_factory("--user", "amy", "on", ">s3cret", "~*", "&*", "+@all")
+    url = f"redis://nobody:s3cret@{server.host}:{server.port}/0"
+
+    refused, _, _ = await _run(capsys, "status", "svc", "-u", url)
+    accepted, _, err = await _run(capsys, "status", "svc", "-u", url, "--user", "amy")
+
+    assert (1, 0, "") == (refused, accepted, err)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["-u", "redis://db.example:6380/0"], ["-h", "db.example", "-p", "6380"]],
+)
+async def test_tls_flag_makes_the_client_connect_with_tls(flags: list[str]) -> None:
+    """--tls turns a redis:// URL or -h/-p into a TLS connection with --cacert."""
+    args = build_parser().parse_args(
+        ["status", "svc", *flags, "--tls", "--cacert", "ca.pem"]
+    )
+    client = Connection.from_args(args).redis()
+    try:
+        pool = client.connection_pool
+        options = pool.connection_kwargs
+        actual = (pool.connection_class, options["host"], options["port"])
+        assert (SSLConnection, "db.example", 6380) == actual
+        assert "ca.pem" == options["ssl_ca_certs"]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["status", "-u", "notaurl", "svc"], "'notaurl'"),
+        (["add", "-u", "", "svc", "name"], "''"),
+        (["status", "svc", "-u", "redis://:pw@host:port/0"], "'redis://:***@host"),
+        (["status", "svc", "-u", "unix:///tmp/redis.sock", "--tls"], "'unix:///"),
+    ],
+)
+def test_malformed_url_is_a_usage_error_on_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], shown: str
+) -> None:
+    """A -u that redis-py cannot use exits 2 with one line naming it, masked."""
+    code = main(argv)
+
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert (2, "") == (code, captured.out)
+    assert f"-u {shown}" in line
+    assert "pw" not in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        *([command, "--help"] for command in ("status", "add", "dead", "demo")),
+    ],
+)
+def test_help_stays_within_80_columns_in_a_wide_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """In a 200-column terminal --help still wraps within 80 columns."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+
+    lines = capsys.readouterr().out.splitlines()
+    assert 0 == stopped.value.code
+    assert [] == [line for line in lines if len(line) > 80]
+    assert "usage: rsc-async" == lines[0][:16]
 
 
 @pytest.mark.parametrize(
@@ -432,11 +549,15 @@ async def test_watch_refreshes_until_ctrl_c_then_exits_0(
 
 
 @pytest.mark.slow
-async def test_demo_shows_a_takeover_and_exits_0(redis_url: str) -> None:
-    """The demo kills a consumer, the others take over, and it ends with 0."""
+async def test_demo_shows_a_takeover_within_80_columns_and_exits_0(
+    redis_url: str,
+) -> None:
+    """The demo shows a takeover within 80 columns, even with a long URL."""
+    separator = "&" if "?" in redis_url else "?"
+    url = f"{redis_url}{separator}client_name={'x' * 80}"
     child = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "rsc_async", "demo", "-u", redis_url, "--hb-interval", "0.5"),
+        *("-m", "rsc_async", "demo", "-u", url, "--hb-interval", "0.5"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -449,6 +570,8 @@ async def test_demo_shows_a_takeover_and_exits_0(redis_url: str) -> None:
 
     text = out.decode()
     assert (0, b"") == (child.returncode, err)
+    assert [] == [line for line in text.splitlines() if len(line) > 80]
+    assert "xxx" in text.splitlines()[0]
     assert "crashes (SIGKILL)" in text
     assert "took over session-" in text
     assert "every data stream is held again" in text
