@@ -44,8 +44,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
 SHUTDOWN_TIMEOUT = 5.0
 """Seconds ``done()`` waits for Redis and for the tasks before giving up."""
 
-HAND_BACK_MEMORY = 60.0
-"""Seconds a handed-back lock's expiry is awaited, to be kept from ourselves."""
+EXPIRY_MEMORY = 60.0
+"""Seconds the expiry of a lock we let go or found gone is awaited, to be kept
+from ourselves."""
 
 CONFIG_CHECK_HEARTBEATS = 5
 """Heartbeat intervals between checks that expiry events are still enabled."""
@@ -162,9 +163,9 @@ class RedisStreamClient:
         self._claimer: Coalescer[Lease, tuple[Fields, int] | None] = Coalescer(
             self._claim_batch
         )
-        # Locks handed back by this consumer, by when their expiry should have
-        # been heard: it is news to the others, not to us.
-        self._handed_back: dict[str, float] = {}
+        # Locks this consumer handed back or found gone, by when their expiry
+        # should have been heard: it is news to the others, not to us.
+        self._own_expiries: dict[str, float] = {}
         self._reader = LBSReader(
             self._store,
             self._leases,
@@ -366,9 +367,13 @@ class RedisStreamClient:
         if self._scope is not None:
             self._scope.cancel()
 
-    def _disown(self, lease: Lease) -> None:
+    def _disown(self, lease: Lease, gone: bool = False) -> None:
         if not self._leases.drop(lease):
             return
+        if gone:
+            # The lock ran out: its expiry event is on its way, and must not
+            # come back to us as the STREAM_EXPIRED of someone else's lock.
+            self._expect_expiries([lease.key])
         self._log.warning(
             "lost the lock of a data stream", stream=lease.name, entry_id=lease.entry_id
         )
@@ -384,7 +389,7 @@ class RedisStreamClient:
         others = []
         for info in expired:
             lease = self._leases.by_key(info.mutex_key)
-            if self._handed_back.pop(info.mutex_key, None) is not None:
+            if self._own_expiries.pop(info.mutex_key, None) is not None:
                 continue
             if lease is None:
                 others.append(info)
@@ -572,19 +577,22 @@ class RedisStreamClient:
 
     async def _hand_back_batch(self, leases: list[Lease]) -> list[str | None]:
         keys = [lease.key for lease in leases]
-        now = time.monotonic()
-        # An expiry that was never heard (a dropped subscription) is forgotten.
-        for key, deadline in list(self._handed_back.items()):
-            if deadline < now:
-                del self._handed_back[key]
-        self._handed_back.update(dict.fromkeys(keys, now + HAND_BACK_MEMORY))
+        self._expect_expiries(keys)
         holders = await self._store.hand_back(keys)
         # Only locks that were ours expire now; forget the others. A lock that
         # was already gone was let go of all the same ("" holds it).
         for key, holder in zip(keys, holders, strict=True):
             if holder is not None:
-                self._handed_back.pop(key, None)
+                self._own_expiries.pop(key, None)
         return [holder or None for holder in holders]
+
+    def _expect_expiries(self, keys: list[str]) -> None:
+        now = time.monotonic()
+        # An expiry that was never heard (a dropped subscription) is forgotten.
+        for key, deadline in list(self._own_expiries.items()):
+            if deadline < now:
+                del self._own_expiries[key]
+        self._own_expiries.update(dict.fromkeys(keys, now + EXPIRY_MEMORY))
 
     async def done(self, *, release: bool = False) -> None:
         """Finish every held stream, stop the tasks and end the notifications.

@@ -4,12 +4,19 @@ Lock keys hash to slots all over the cluster, while the LBS, the dead letters
 and the fencing counter each live in one slot of their own. What is one
 atomic script on a single server becomes ordered steps here:
 
-- taking locks: ``SET NX PX`` of each lock, then one ``INCRBY`` of the
-  counter for the tokens. A crash in between leaves a lock without a token,
-  which expires like any other.
-- finishing: check the lock is ours, ``XACK`` and ``XDEL`` the entry, then
+- taking locks: one ``INCRBY`` of the counter for a token per lock, then
+  ``SET NX PX`` of each lock. A lock taken later always carries a larger
+  token, even after a pause between the two steps; a crash in between only
+  leaves tokens unused.
+- finishing: check the lock is ours (or, where it ran out, that the entry is
+  still pending under this consumer), ``XACK`` and ``XDEL`` the entry, then
   compare-and-delete the lock. A crash before the last step leaves a lock
   that expires on an entry that is gone, which nobody is told to claim.
+  Another consumer that takes a lapsed lock between the check and the
+  ``XACK`` finds the entry gone and lets it go.
+- startup recovery: locks are read, then entries another consumer holds are
+  given back to it with ``XCLAIM ... JUSTID``; an entry whose holder lost it
+  in between goes back all the same, and is claimed when the lock expires.
 - dead-lettering: ``XADD`` to the dead letters before the entry goes.
 
 A script over a batch of locks (extend, hand back, release, check) runs on
@@ -39,6 +46,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from ._errors import RedisCommandError
+from ._models import decode
 from ._store import (
     _EXISTS,
     _EXTEND,
@@ -254,42 +262,93 @@ class ClusterStore(Store):
         return failures
 
     async def acquire_locks(self, keys: Sequence[str], ttl_ms: int) -> list[int]:
-        """Take each free lock, then one token per lock taken from the counter."""
+        """Draw one token per key from the counter, then take each free lock.
+
+        The tokens come first: a lock taken after a pause then still carries
+        a token drawn before anyone who takes it over later, never after.
+        """
         if not keys:
             return []
+        last = await _call(self.redis.incrby(self.fencing, len(keys)), "INCRBY fencing")
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.set(key, self.consumer, nx=True, px=ttl_ms)
             taken = await _call(pipe.execute(), "taking locks")
-        count = sum(1 for reply in taken if reply)
-        if not count:
-            return [0] * len(keys)
-        last = await _call(self.redis.incrby(self.fencing, count), "INCRBY fencing")
-        tokens = iter(range(last - count + 1, last + 1))
-        return [next(tokens) if reply else 0 for reply in taken]
+        first = last - len(keys) + 1
+        return [first + i if reply else 0 for i, reply in enumerate(taken)]
 
-    async def finish(self, locks: Sequence[tuple[str, str]]) -> list[str | None]:
-        """Check the locks, finish their entries, then delete the locks."""
-        if not locks:
+    async def give_back_held(
+        self, entries: Sequence[tuple[str, str, int]]
+    ) -> list[str | None]:
+        """Read the locks, then give the entries others hold back to them."""
+        holders = await self._holders([key for key, _, _ in entries])
+        given = [
+            (index, holder)
+            for index, holder in enumerate(holders)
+            if holder is not None and holder != self.consumer
+        ]
+        if given:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for index, holder in given:
+                    _, entry_id, count = entries[index]
+                    pipe.xclaim(
+                        self.lbs,
+                        self.group,
+                        holder,
+                        0,
+                        [entry_id],
+                        retrycount=count,
+                        justid=True,
+                    )
+                await _call(pipe.execute(), "giving entries back")
+        back = dict(given)
+        return [back.get(index) for index in range(len(entries))]
+
+    async def _holders(self, keys: Sequence[str]) -> list[str | None]:
+        """The value of each lock key: its holder, or None where it is free."""
+        if not keys:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, _ in locks:
+            for key in keys:
                 pipe.get(key)
-            holders = [
-                None if reply is None else reply.decode() if isinstance(reply, bytes)
-                else str(reply)
-                for reply in await _call(pipe.execute(), "reading locks")
-            ]  # fmt: skip
-        ours = [
-            index
-            for index, holder in enumerate(holders)
-            if holder is None or holder == self.consumer
-        ]
+            replies = await _call(pipe.execute(), "reading locks")
+        return [None if reply is None else decode(reply) for reply in replies]
+
+    async def finish(self, locks: Sequence[tuple[str, str]]) -> list[str | None]:
+        """Check the locks, finish their entries, then delete the locks.
+
+        As on a single server, a lock that ran out still lets its old holder
+        finish, unless the entry is no longer pending under this consumer
+        (another consumer claimed it, or finished it).
+        """
+        if not locks:
+            return []
+        holders: list[str | None] = await self._holders([key for key, _ in locks])
+        lapsed = [locks[i][1] for i, holder in enumerate(holders) if holder is None]
+        owners = await self._pending_owners(lapsed)
+        for index, holder in enumerate(holders):
+            if holder is None:
+                holders[index] = owners.get(locks[index][1], "")
+        ours = {i for i, holder in enumerate(holders) if holder == self.consumer}
         if ours:
-            await self._forget(*(locks[i][1] for i in ours))
-            held = [locks[i][0] for i in ours if holders[i] is not None]
+            await self._forget(*(locks[i][1] for i in sorted(ours)))
+            held = [locks[i][0] for i in sorted(ours)]
             await self._per_key(self._release, held, [self.consumer], "releasing locks")
-        return [None if i in set(ours) else holders[i] for i in range(len(locks))]
+        return [None if i in ours else holders[i] for i in range(len(locks))]
+
+    async def _pending_owners(self, entry_ids: Sequence[str]) -> dict[str, str]:
+        """The consumer each of *entry_ids* is pending under, where it is pending."""
+        if not entry_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
+            replies = await _call(pipe.execute(), "XPENDING of entries")
+        return {
+            decode(row["message_id"]): decode(row["consumer"])
+            for reply in replies
+            for row in reply
+        }
 
 
 class _ClusterConfig(NodeConfig):

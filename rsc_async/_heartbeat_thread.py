@@ -67,7 +67,7 @@ class HeartbeatThread:
         store: Store,
         leases: Leases,
         ttl: float,
-        lost: Callable[[Lease], None],
+        lost: Callable[[Lease, bool], None],
         metrics: MetricsRecorder,
         log: EventLog,
         progress_deadline: float,
@@ -89,8 +89,8 @@ class HeartbeatThread:
         """Pulse on this loop while the thread extends the locks."""
         loop = asyncio.get_running_loop()
 
-        def lost(lease: Lease) -> None:
-            loop.call_soon_threadsafe(self._lost, lease)
+        def lost(lease: Lease, gone: bool) -> None:
+            loop.call_soon_threadsafe(self._lost, lease, gone)
 
         thread = threading.Thread(
             target=self._thread_main,
@@ -130,10 +130,10 @@ class HeartbeatThread:
         self._stalled = stalled
         return not stalled
 
-    def _thread_main(self, lost: Callable[[Lease], None]) -> None:
+    def _thread_main(self, lost: Callable[[Lease, bool], None]) -> None:
         asyncio.run(self._thread_loop(lost))
 
-    async def _thread_loop(self, lost: Callable[[Lease], None]) -> None:
+    async def _thread_loop(self, lost: Callable[[Lease, bool], None]) -> None:
         client = clone_client(self._store.redis)
         store = Store(client, self._store.service, self._store.consumer)
         heartbeat = Heartbeat(

@@ -12,7 +12,7 @@ from ._errors import InvalidLBSMessageError, RedisCommandError
 from ._leases import Lease, Leases
 from ._log import EventLog
 from ._metrics import MetricsRecorder
-from ._models import LBSMessage, StreamAdded
+from ._models import LBSInfo, LBSMessage, StreamAdded
 from ._outage import Outage
 from ._outbox import Outbox
 from ._store import Entry, Fields, Store
@@ -85,9 +85,42 @@ class LBSReader:
                 min_idle_ms, cursor, page_size
             )
             deliveries = await self._store.deliveries([i for i, _ in entries])
+            entries = await self._give_back_held(entries, deliveries)
             added.extend(await self.assign(entries, deliveries))
             if cursor == "0-0":
                 return added
+
+    async def _give_back_held(
+        self, entries: list[Entry], deliveries: Mapping[str, int]
+    ) -> list[Entry]:
+        """The recovered entries nobody holds; the held go back to their holders.
+
+        XAUTOCLAIM took them and counted a delivery; giving them back undoes
+        both, so a live holder's entry is neither moved nor, after enough
+        restarts of other consumers, taken for a poison stream.
+        """
+        keyed: list[tuple[str, str, int]] = []
+        for entry_id, fields in entries:
+            try:
+                message = LBSMessage.from_entry(entry_id, fields)
+            except InvalidLBSMessageError:
+                continue  # assign() sets it aside, or acks it when deleted
+            info = LBSInfo(
+                data_stream_name=message.data_stream_name, id_in_lbs=entry_id
+            )
+            count = max(deliveries.get(entry_id, 1) - 1, 0)
+            keyed.append((info.mutex_key, entry_id, count))
+        holders = await self._store.give_back_held(keyed)
+        given = {}
+        for (_, entry_id, _), holder in zip(keyed, holders, strict=True):
+            if holder is not None:
+                given[entry_id] = holder
+                self._log.debug(
+                    "recovered entry is held by %r; given back",
+                    holder,
+                    entry_id=entry_id,
+                )
+        return [entry for entry in entries if entry[0] not in given]
 
     async def assign(
         self, entries: list[Entry], deliveries: Mapping[str, int] | None = None

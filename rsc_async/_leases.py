@@ -14,7 +14,7 @@ from ._log import EventLog
 from ._metrics import MetricsRecorder
 from ._models import MUTEX_KEY_SEP, LBSInfo
 from ._outage import Outage
-from ._store import Store
+from ._store import GONE, KEPT, TAKEN, Store
 
 
 class Lease:
@@ -87,7 +87,9 @@ class Heartbeat:
 
     Ticks are scheduled by deadline: a slow tick shortens the wait for the
     next one instead of pushing every lock closer to expiry. A failed tick is
-    tried again soon, while the locks still live.
+    tried again soon, while the locks still live. A lock found lost is passed
+    to ``lost(lease, gone)``, *gone* telling a lock that ran out from one
+    another consumer holds.
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class Heartbeat:
         store: Store,
         leases: Leases,
         ttl: float,
-        lost: Callable[[Lease], None],
+        lost: Callable[[Lease, bool], None],
         metrics: MetricsRecorder,
         log: EventLog,
         may_extend: Callable[[], bool] = lambda: True,
@@ -155,15 +157,15 @@ class Heartbeat:
             self._outage.failed(exc)
             return False
         self._outage.recovered()
-        for lease, ok in zip(leases, kept, strict=True):
-            if ok is None:
+        for lease, found in zip(leases, kept, strict=True):
+            if found is None:
                 continue  # Unanswered: the next tick tries again.
-            self._metrics.record_lock_extension_attempt(lease.name, ok)
-            if not ok and not lease.finishing:
-                self._lost(lease)
+            self._metrics.record_lock_extension_attempt(lease.name, found == KEPT)
+            if found != KEPT and not lease.finishing:
+                self._lost(lease, found == GONE)
         self._log.debug(
             "heartbeat extended %d locks, lost %d",
-            kept.count(True),
-            kept.count(False),
+            kept.count(KEPT),
+            kept.count(TAKEN) + kept.count(GONE),
         )
         return True

@@ -32,6 +32,9 @@ entries are written by producers and may hold bytes that are not UTF-8."""
 LOCK_CHUNK = 1000
 """Locks per script call: bounds how long one call holds the server."""
 
+KEPT, TAKEN, GONE = 1, 0, -1
+"""What extending a lock found: ours (now extended), another's, or none."""
+
 # Take a batch of locks, each with a fencing token from the service's counter.
 # KEYS: the lock keys, then the counter. ARGV: holder, TTL in ms. One result
 # per lock: its token, or 0 when someone holds it.
@@ -48,15 +51,19 @@ end
 return out
 """
 
-# Compare-and-extend a batch of locks; one flag per key, 1 when still ours.
+# Compare-and-extend a batch of locks. One result per key: 1 when still ours
+# (extended), 0 when another consumer holds it, -1 when there is no lock.
 _EXTEND = """
 local out = {}
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[1] then
+  local holder = redis.call('GET', KEYS[i])
+  if holder == ARGV[1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
     out[i] = 1
-  else
+  elseif holder then
     out[i] = 0
+  else
+    out[i] = -1
   end
 end
 return out
@@ -108,6 +115,31 @@ for i = 1, #KEYS do
     out[i] = 1
   else
     out[i] = holder
+  end
+end
+return out
+"""
+
+# Give recovered entries whose lock another consumer holds back to that
+# consumer, with the delivery count they had: XAUTOCLAIM takes idle entries
+# whatever their lock, and a heartbeat does not keep an entry from idling.
+# KEYS: the lock keys, then the LBS. ARGV: this consumer, group, then per
+# lock its entry id and delivery count. One result per lock: the holder the
+# entry went back to, or false where it stays here (no lock, or ours).
+_GIVE_BACK = """
+local lbs = KEYS[#KEYS]
+local out = {}
+for i = 1, #KEYS - 1 do
+  local holder = redis.call('GET', KEYS[i])
+  local id = ARGV[2 * i + 1]
+  out[i] = false
+  if holder and holder ~= ARGV[1] then
+    local row = redis.call('XPENDING', lbs, ARGV[2], id, id, 1)[1]
+    if row and row[2] == ARGV[1] then
+      redis.call('XCLAIM', lbs, ARGV[2], holder, 0, id,
+                 'RETRYCOUNT', ARGV[2 * i + 2], 'JUSTID')
+      out[i] = holder
+    end
   end
 end
 return out
@@ -220,6 +252,7 @@ class Store:
         self._finish = redis.register_script(_FINISH)
         self._release = redis.register_script(_RELEASE)
         self._exists = redis.register_script(_EXISTS)
+        self._give_back = redis.register_script(_GIVE_BACK)
 
     @property
     def db(self) -> int:
@@ -390,6 +423,33 @@ class Store:
         replies = await self._scripted(self._acquire, calls, "taking locks")
         return [int(token) for reply in replies for token in reply]
 
+    async def give_back_held(
+        self, entries: Sequence[tuple[str, str, int]]
+    ) -> list[str | None]:
+        """Give recovered entries whose lock another consumer holds back to it.
+
+        Args:
+            entries: (lock key, entry id, deliveries before the recovery).
+
+        Returns:
+            Per entry, the holder it went back to, or None where it stays with
+            this consumer.
+        """
+        calls: list[tuple[list[Any], list[Any]]] = [
+            (
+                [key for key, _, _ in chunk] + [self.lbs],
+                [self.consumer, self.group]
+                + [value for _, entry, count in chunk for value in (entry, count)],
+            )
+            for chunk in _chunks(entries, LOCK_CHUNK)
+        ]
+        replies = await self._scripted(self._give_back, calls, "giving entries back")
+        return [
+            None if holder is None else decode(holder)
+            for reply in replies
+            for holder in reply
+        ]
+
     async def hand_back(self, keys: Sequence[str]) -> list[str | None]:
         """Make each of our locks expire now, so every consumer hears of it.
 
@@ -428,11 +488,12 @@ class Store:
 
     async def extend_locks(
         self, keys: Sequence[str], ttl_ms: int, answer_within: float
-    ) -> list[bool | None]:
+    ) -> list[int | None]:
         """Compare-and-extend every lock, giving up after *answer_within* seconds.
 
         Returns:
-            Per key, True where it is still ours, False where it is not, None
+            Per key, :data:`KEPT` where it is still ours, :data:`TAKEN` where
+            another consumer holds it, :data:`GONE` where there is no lock, None
             where the server did not answer in time (a cluster node that is
             failing over, say).
         """
@@ -443,7 +504,7 @@ class Store:
             "lock extension",
             answer_within=answer_within,
         )
-        return [None if flag is None else bool(flag) for flag in flags]
+        return [None if flag is None else int(flag) for flag in flags]
 
     async def _per_key(
         self,

@@ -54,6 +54,11 @@ async def cluster_client(
     await client.aclose()
 
 
+def _text(value: object) -> str:
+    assert isinstance(value, bytes)
+    return value.decode()
+
+
 def _node_of(client: RedisCluster, key: str) -> str:
     node = client.nodes_manager.get_node_from_slot(client.keyslot(key))
     return str(node.name)
@@ -176,6 +181,44 @@ async def test_finishing_after_a_crash_between_steps_loses_nothing(
         assert NotificationType.STREAM_ADDED == notification.type
         assert notification.payload is not None
         assert "after" == notification.payload.data_stream_name
+
+
+async def test_recovery_leaves_held_entries_with_their_holder(
+    cluster_client: RedisCluster, service_name: str
+) -> None:
+    """Idle entries whose locks live on every node stay pending under their holder."""
+    names = [f"held-{n}" for n in range(12)]
+    lbs, group = f"{service_name}-input", f"{service_name}-group"
+    await cluster_client.xgroup_create(lbs, group, id="$", mkstream=True)
+    ids = await _ghost_locks(cluster_client, service_name, names, ttl_ms=60_000)
+    locks = [f"{name}{MUTEX_KEY_SEP}{ids[name]}" for name in names]
+    assert 3 == len({_node_of(cluster_client, lock) for lock in locks})
+
+    async def pending() -> list[tuple[str, int, int]]:
+        rows = await cluster_client.xpending_range(lbs, group, "-", "+", 100)
+        return [
+            (
+                _text(row["consumer"]),
+                int(row["times_delivered"]),
+                int(row["time_since_delivered"]),
+            )
+            for row in rows
+        ]
+
+    async def idle_past_lbs_idle_time() -> bool:
+        return all(idle > 1100 for _, _, idle in await pending())
+
+    try:
+        await wait_for(idle_past_lbs_idle_time, timeout=10)
+        async with _consumer(cluster_client, service_name, "heir") as client:
+            await client.init()
+
+            assert [] == list(client.held_streams)
+            expected = [("redis-consumer-ghost", 1)] * len(names)
+            assert expected == [(owner, count) for owner, count, _ in await pending()]
+    finally:
+        for lock in locks:
+            await cluster_client.delete(lock)
 
 
 async def test_tokens_grow_across_slots(

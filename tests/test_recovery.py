@@ -128,6 +128,39 @@ async def test_init_leaves_entries_whose_lock_is_still_held(
             with anyio.move_on_after(1.0):
                 received.append(await anext(notifications))
             assert 2 == len(received)
+            # Still the holder's, with the deliveries it had.
+            assert (GHOST, 1) == await _pending_entry(redis_client, service_name, held)
+    finally:
+        await redis_client.delete(held.mutex_key)
+
+
+async def _pending_entry(
+    redis_client: redis.asyncio.Redis, service: str, info: LBSInfo
+) -> tuple[str, int]:
+    """Whom *info*'s entry is pending under, and how often it was delivered."""
+    rows = await redis_client.xpending_range(
+        f"{service}-input", f"{service}-group", info.id_in_lbs, info.id_in_lbs, 1
+    )
+    assert 1 == len(rows)
+    return _text(rows[0]["consumer"]), int(rows[0]["times_delivered"])
+
+
+async def test_restarts_of_other_consumers_never_make_a_held_entry_poison(
+    redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """Recoveries past max_deliveries leave a held entry with its holder."""
+    (held,) = await _ghost_reads(redis_client, service_name, 1)
+    await redis_client.set(held.mutex_key, GHOST, px=60_000)
+    try:
+        for _ in range(2):
+            await _all_idle_for_lbs_idle_time(redis_client, service_name)
+            async with _client(redis_client, service_name, max_deliveries=1) as client:
+                await client.init()
+
+                assert [] == list(client.held_streams)
+
+        assert 0 == await redis_client.xlen(f"{service_name}-dead")
+        assert (GHOST, 1) == await _pending_entry(redis_client, service_name, held)
     finally:
         await redis_client.delete(held.mutex_key)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ from rsc_async import (
     StreamExpired,
     add_stream,
 )
+from rsc_async.testing import find_redis_server
+from rsc_async.testing.pytest_plugin import RedisServerFactory
 
 INTRUDER = "redis-consumer-intruder"
 
@@ -157,11 +160,16 @@ async def test_only_one_of_three_concurrent_claims_succeeds(
         assert [] == await _pending_ids(redis_client, service_name)
 
 
-@pytest.mark.parametrize("how", ["deleted", "overwritten"])
+@pytest.mark.parametrize("how", ["deleted", "overwritten", "expired"])
 async def test_lost_lock_is_reported_once_as_disowned(
     redis_client: redis.asyncio.Redis, service_name: str, how: str
 ) -> None:
-    """A lock deleted or taken by hand gives one StreamDisowned, nothing else."""
+    """A lock deleted, taken or run out gives one StreamDisowned, nothing else.
+
+    A lock that runs out is found gone by the heartbeat or heard expiring by
+    the keyspace listener, whichever comes first; neither may also report it
+    as the STREAM_EXPIRED of somebody else's lock.
+    """
     async with _client(redis_client, service_name, "a") as client:
         notifications = await client.init()
         await add_stream(redis_client, service_name, "s-1", {"k": "v"})
@@ -171,8 +179,10 @@ async def test_lost_lock_is_reported_once_as_disowned(
         try:
             if how == "deleted":
                 await redis_client.delete(lock)
-            else:
+            elif how == "overwritten":
                 await redis_client.set(lock, INTRUDER, px=60_000)
+            else:
+                await redis_client.pexpire(lock, 1)
 
             disowned = await next_notification(notifications)
             assert isinstance(disowned, StreamDisowned)
@@ -185,6 +195,43 @@ async def test_lost_lock_is_reported_once_as_disowned(
                 await client.done_stream("s-1")
         finally:
             await redis_client.delete(lock)
+
+
+def _debug_command_args() -> tuple[str, ...]:
+    """Arguments that let a test server take DEBUG (refused by default from 7.0)."""
+    executable = find_redis_server()
+    if executable is None:
+        return ()
+    version = subprocess.run(
+        [executable, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    major = int(version.split("v=")[1].split(".")[0])
+    return ("--enable-debug-command", "yes") if major >= 7 else ()
+
+
+async def test_lock_found_gone_by_the_heartbeat_is_not_announced_to_its_holder(
+    redis_server_factory: RedisServerFactory, service_name: str
+) -> None:
+    """A lock the heartbeat finds run out: StreamDisowned, then no StreamExpired.
+
+    With the server's own expiry off, the heartbeat's read is what expires the
+    key: it learns of the loss before the event that read raises is heard.
+    """
+    server = redis_server_factory(*_debug_command_args())
+    async with (
+        redis.asyncio.Redis.from_url(server.url) as r,
+        _client(r, service_name, "a") as client,
+    ):
+        notifications = await client.init()
+        await add_stream(r, service_name, "s-1")
+        added = await next_notification(notifications)
+        assert isinstance(added, StreamAdded)
+        await r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")  # type: ignore[no-untyped-call]
+        await r.pexpire(added.payload.mutex_key, 1)
+
+        disowned = await next_notification(notifications)
+        assert isinstance(disowned, StreamDisowned)
+        assert [] == await _nothing_within(notifications, 1.5)
 
 
 def _block_until_gone(sync_client: redis.Redis, key: str) -> None:
