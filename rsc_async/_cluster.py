@@ -54,6 +54,7 @@ from ._store import (
     _RELEASE,
     LOCK_CHUNK,
     NodeConfig,
+    ReconnectWatch,
     Store,
     _call,
     _chunks,
@@ -387,6 +388,8 @@ class ClusterSubscription:
         self._pattern = pattern
         self._queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
         self._readers: dict[tuple[str, int], tuple[Any, asyncio.Task[None]]] = {}
+        self._reconnects = ReconnectWatch()
+        self._new_primary = False
 
     @property
     def active(self) -> bool:
@@ -395,20 +398,34 @@ class ClusterSubscription:
 
     async def subscribe(self) -> None:
         """Subscribe on every primary."""
-        await self.refresh()
+        await self._follow()
 
     async def refresh(self) -> None:
         """Subscribe to new primaries and drop the demoted ones."""
+        if await self._follow():
+            # A promoted replica published its expiries before this.
+            self._new_primary = True
+
+    def resumed(self) -> bool:
+        """Whether a primary was subscribed anew or reconnected since the last call."""
+        new_primary, self._new_primary = self._new_primary, False
+        return self._reconnects.seen() or new_primary
+
+    async def _follow(self) -> bool:
+        """Subscribe on the primaries not yet subscribed; whether there were any."""
         primaries = set(await self._store.primaries())
         for address in list(self._readers):
             if address not in primaries:
                 await self._drop(address)
-        for address in primaries - set(self._readers):
+        new = primaries - set(self._readers)
+        for address in new:
             pubsub = self._store.node_client(*address).pubsub()
             await _call(pubsub.psubscribe(self._pattern), "PSUBSCRIBE")
             await _call(pubsub.get_message(timeout=1.0), "PSUBSCRIBE")
+            self._reconnects.watch(pubsub)
             reader = asyncio.create_task(self._read(pubsub))
             self._readers[address] = (pubsub, reader)
+        return bool(new)
 
     async def _read(self, pubsub: Any) -> None:
         while True:
@@ -436,6 +453,7 @@ class ClusterSubscription:
         pubsub, reader = self._readers.pop(address)
         reader.cancel()
         await asyncio.wait({reader})
+        self._reconnects.forget(pubsub)
         await pubsub.aclose()
 
     async def reset(self) -> None:

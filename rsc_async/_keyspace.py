@@ -157,6 +157,14 @@ class KeyspaceListener:
                         # events must be heard within a heartbeat or so.
                         await subscription.refresh()
                         next_refresh = time.monotonic() + self._refresh_period
+                    if subscription.resumed():
+                        self._log.warning(
+                            "the keyspace subscription was made anew; lock "
+                            "expiries published before were missed, so the "
+                            "service is swept for orphans"
+                        )
+                        await self._check_config()
+                        self._on_resubscribed()
                     # Not an elif: a refresh is due on nearly every pass and
                     # would starve the check.
                     if time.monotonic() >= next_check:

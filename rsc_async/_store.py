@@ -668,6 +668,14 @@ class EventSource(Protocol):
     async def refresh(self) -> None:
         """Follow changes of the servers' topology."""
 
+    def resumed(self) -> bool:
+        """Whether the subscription was made anew since the last call.
+
+        Events published before it was (on a dropped connection that the
+        Redis client re-made on its own, on a newly promoted primary) were
+        never heard.
+        """
+
     async def reset(self) -> None:
         """Drop the subscription; subscribe again after."""
 
@@ -683,6 +691,7 @@ class Subscription:
         self._pubsub = redis.pubsub()
         self._pattern = pattern
         self._primary: tuple[str, int] | None = None
+        self._reconnects = ReconnectWatch()
 
     @property
     def active(self) -> bool:
@@ -693,6 +702,11 @@ class Subscription:
         """Subscribe and wait for the server's confirmation."""
         await _call(self._pubsub.psubscribe(self._pattern), "PSUBSCRIBE")
         await _call(self._pubsub.get_message(timeout=1.0), "PSUBSCRIBE")
+        self._reconnects.watch(self._pubsub)
+
+    def resumed(self) -> bool:
+        """Whether the Redis client re-made the connection since the last call."""
+        return self._reconnects.seen()
 
     async def next(self, wait: float) -> dict[str, Any] | None:
         """The next published message, or None after *wait* seconds."""
@@ -729,8 +743,39 @@ class Subscription:
         """Drop the connection and the subscription; subscribe again after."""
         # aclose() leaves the PubSub reusable; reset() is its deprecated alias,
         # whose warning escapes as an error where warnings are errors.
+        self._reconnects.forget(self._pubsub)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         """Release the connection."""
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self.reset()
+
+
+class ReconnectWatch:
+    """Notices when the Redis client re-makes a subscription's connection.
+
+    redis-py reconnects a dropped pub/sub connection and subscribes again by
+    itself when its retry policy allows, and says nothing: the events
+    published in between are lost all the same.
+    """
+
+    def __init__(self) -> None:
+        self._reconnected = False
+
+    def watch(self, pubsub: Any) -> None:
+        """Hear of every later reconnect of *pubsub*'s connection."""
+        if pubsub.connection is not None:
+            pubsub.connection.register_connect_callback(self._on_connect)
+
+    def forget(self, pubsub: Any) -> None:
+        """Stop hearing of *pubsub*'s connection, before it goes to the pool."""
+        if pubsub.connection is not None:
+            pubsub.connection.deregister_connect_callback(self._on_connect)
+
+    def seen(self) -> bool:
+        """Whether a reconnect happened since the last call."""
+        reconnected, self._reconnected = self._reconnected, False
+        return reconnected
+
+    def _on_connect(self, connection: Any) -> None:
+        self._reconnected = True

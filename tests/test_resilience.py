@@ -129,6 +129,41 @@ async def test_listener_resubscribes_after_its_connection_is_killed(
     assert orphan == expired.payload
 
 
+async def test_subscription_the_redis_client_remade_is_followed_by_a_sweep(
+    admin: redis.asyncio.Redis,
+    dedicated_redis: RedisServer,
+    service_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A subscription redis-py re-made by itself is noticed: one WARNING, a sweep."""
+    orphan = await ghost_entry(admin, service_name, "session-1")
+
+    async def orphaned() -> bool:
+        rows = await admin.xpending_range(
+            f"{service_name}-input", f"{service_name}-group", "-", "+", 1
+        )
+        return bool(rows) and int(rows[0]["time_since_delivered"]) > 2000 * HB_INTERVAL
+
+    await wait_for(orphaned)
+    # Retries let redis-py reconnect the killed subscription on its own; the
+    # periodic sweep and startup recovery are kept far off.
+    options = {"lbs_idle_time": 60.0, "reconcile_interval": 60.0}
+    async with (
+        connected(dedicated_redis.url, retry=Retry(NoBackoff(), 3)) as r,
+        running(_client(r, service_name, **options)) as consumer,
+    ):
+        assert 1 == await admin.client_kill_filter(_type="pubsub")
+        expired = await consumer.wait(StreamExpired, "session-1")
+
+    assert orphan == expired.payload
+    remade = [
+        record
+        for record in caplog.records
+        if record.levelno == logging.WARNING and "made anew" in record.getMessage()
+    ]
+    assert 1 == len(remade)
+
+
 async def test_client_keeps_its_streams_when_its_connections_are_killed(
     admin: redis.asyncio.Redis, dedicated_redis: RedisServer, service_name: str
 ) -> None:
