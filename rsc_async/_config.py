@@ -21,6 +21,16 @@ class RetryConfig:
         max_retries: retries before giving up; -1 retries forever, 0 never.
         initial_delay: seconds before the first retry; > 0.
         max_delay: ceiling of the doubling delay, in seconds; >= initial_delay.
+
+    .. note::
+        The defaults give up after five retries, about three seconds of
+        failures in a row: the LBS reader or the keyspace listener then ends
+        the notifications with ``STREAM_TERMINATED``. A service that should
+        ride out a Redis restart or failover passes ``max_retries=-1`` (the
+        heartbeat always retries). The Redis client's own ``retry`` runs
+        inside each of these tries, so the two multiply: give it
+        ``Retry(NoBackoff(), 1)`` (one immediate reconnect) to leave outages
+        to this policy.
     """
 
     max_retries: int = 5
@@ -56,8 +66,15 @@ class RetryConfig:
         return delay * (1.0 - random.random() / 4)
 
 
-def at_least(option: str, value: float, minimum: float) -> None:
-    """Raise :class:`InvalidOptionError` unless ``value >= minimum``."""
+def at_least(option: str, value: float, minimum: float, *, whole: bool = False) -> None:
+    """Raise :class:`InvalidOptionError` unless *value* is a number >= *minimum*.
+
+    With *whole*, the number must be an ``int``.
+    """
+    kinds = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an int" if whole else "a number"
+        raise InvalidOptionError(option, value, f"must be {kind} >= {minimum!r}")
     if not value >= minimum:
         raise InvalidOptionError(option, value, f"must be >= {minimum!r}")
 

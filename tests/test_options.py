@@ -33,6 +33,10 @@ def unconnected_redis() -> redis.asyncio.Redis:
         ({"output_buffer_size": 0}, "output_buffer_size", ">= 1"),
         ({"read_batch": 0}, "read_batch", ">= 1"),
         ({"max_deliveries": 0}, "max_deliveries", ">= 1"),
+        ({"lbs_recovery_count": 1.5}, "lbs_recovery_count", "an int >= 1"),
+        ({"read_batch": True}, "read_batch", "an int >= 1"),
+        ({"hb_interval": "2"}, "hb_interval", "a number >= 0.2"),
+        ({"lbs_idle_time": None}, "lbs_idle_time", "a number >= 4.0"),
         (
             {"hb_interval": 0.5, "lbs_idle_time": 1.0, "reconcile_interval": 0.4},
             "reconcile_interval",
