@@ -43,6 +43,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.commands.core import AsyncScript
 
 from ._errors import RedisCommandError
@@ -77,13 +78,21 @@ _NODE_SETTINGS = (
     "socket_connect_timeout",
     "socket_keepalive",
     "health_check_interval",
-    "ssl",
+    "socket_keepalive_options",
+    "client_name",
+    "protocol",
     "ssl_keyfile",
     "ssl_certfile",
     "ssl_cert_reqs",
+    "ssl_include_verify_flags",
+    "ssl_exclude_verify_flags",
     "ssl_ca_certs",
     "ssl_ca_data",
+    "ssl_ca_path",
     "ssl_check_hostname",
+    "ssl_min_version",
+    "ssl_ciphers",
+    "ssl_password",
 )
 
 
@@ -134,12 +143,13 @@ class ClusterStore(Store):
         name = f"{host}:{port}"
         client = self._node_clients.get(name)
         if client is None:
+            kwargs = self._connection_kwargs
             settings = {
-                key: value
-                for key, value in self._connection_kwargs.items()
-                if key in _NODE_SETTINGS
+                key: value for key, value in kwargs.items() if key in _NODE_SETTINGS
             }
-            client = aioredis.Redis(host=host, port=port, **settings)
+            # A TLS cluster client keeps its TLS as the connection class.
+            tls = issubclass(kwargs.get("connection_class", object), SSLConnection)
+            client = aioredis.Redis(host=host, port=port, ssl=tls, **settings)
             self._node_clients[name] = client
         return client
 

@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 from _wait import wait_for
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 
 from rsc_async import (
     MUTEX_KEY_SEP,
@@ -18,6 +19,7 @@ from rsc_async import (
     RedisStreamClient,
     add_stream,
 )
+from rsc_async._cluster import ClusterStore
 from rsc_async._metrics import NoMetrics
 from rsc_async.testing import RedisClusterServers, RedisUnavailableError
 
@@ -363,3 +365,29 @@ async def test_a_primary_failover_loses_no_stream(service_name: str) -> None:
         await redis.aclose()
     finally:
         servers.stop()
+
+
+def test_node_clients_keep_the_cluster_clients_tls_and_credentials() -> None:
+    """The clients opened to single nodes connect as the cluster client does."""
+    cluster = RedisCluster(
+        host="127.0.0.1",
+        port=1,
+        ssl=True,
+        ssl_ca_certs="/etc/ssl/ca.pem",
+        username="svc",
+        password="secret",
+        protocol=3,
+    )
+    store = ClusterStore(cluster, "svc", "redis-consumer-a")
+
+    pool = store.node_client("127.0.0.1", 2).connection_pool
+    settings = pool.connection_kwargs
+
+    assert issubclass(pool.connection_class, SSLConnection)
+    expected = ("/etc/ssl/ca.pem", "svc", "secret", 3)
+    assert expected == (
+        settings["ssl_ca_certs"],
+        settings["username"],
+        settings["password"],
+        settings["protocol"],
+    )
