@@ -26,6 +26,11 @@ class Findings:
     """Streams finished with no record, and why the record is missing."""
     unprocessed: dict[str, list[str]] = field(default_factory=dict)
     stale_accepted: list[Write] = field(default_factory=list)
+    """Writes the ledger's log shows accepted under an older token than one
+    accepted before for the stream: a check of the ledger's own fencing."""
+    stale_finishes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Streams finished under a token older than the newest claim of them:
+    (the finisher's token, the newest)."""
     unclaimed_writes: list[Write] = field(default_factory=list)
     rejected: int = 0
     anomalies: list[str] = field(default_factory=list)
@@ -53,6 +58,11 @@ class Findings:
                 self.stale_accepted,
                 f"{len(self.stale_accepted)} stale writes accepted: "
                 f"{self.stale_accepted[:3]}",
+            ),
+            (
+                self.stale_finishes,
+                f"{len(self.stale_finishes)} streams finished by a stale holder, "
+                f"(token, newest claimed): {list(self.stale_finishes.items())[:3]}",
             ),
             (
                 self.unclaimed_writes,
@@ -117,6 +127,7 @@ async def check(
         if missing:
             findings.unprocessed[stream] = missing
     _judge_writes(findings, await ledger.accepted_writes(), claims)
+    _judge_finishers(findings, finished, claims)
     findings.rejected = len(await ledger.rejected_writes())
     findings.anomalies = await ledger.anomaly_list()
     findings.counters = await ledger.counters()
@@ -181,6 +192,26 @@ def _judge_writes(
         highest[write.stream] = max(write.token, highest.get(write.stream, 0))
         if given.get((write.stream, write.token)) != write.consumer:
             findings.unclaimed_writes.append(write)
+
+
+def _judge_finishers(
+    findings: Findings, finished: Sequence[Holding], claims: Sequence[Holding]
+) -> None:
+    """Each stream must be finished under the newest token it was claimed with.
+
+    A claim succeeds only while the entry is pending, and finishing deletes
+    the entry, so no claim comes after a finish: a finish under an older
+    token means a holder that had lost the stream finished it.
+    """
+    newest: dict[str, int] = {}
+    for claim in claims:
+        newest[claim.stream] = max(claim.token, newest.get(claim.stream, 0))
+    for holding in finished:
+        if holding.token < newest.get(holding.stream, 0):
+            findings.stale_finishes[holding.stream] = (
+                holding.token,
+                newest[holding.stream],
+            )
 
 
 def takeover_times(

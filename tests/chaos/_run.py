@@ -109,6 +109,7 @@ class ChaosReport:
             f"restarts={self.restarts} lost={len(f.lost)} "
             f"duplicates={len(f.duplicates)} unrecorded={len(f.unrecorded)} "
             f"unwritten={len(f.unprocessed)} "
+            f"stale_finishes={len(f.stale_finishes)} "
             f"stale_writes_accepted={len(f.stale_accepted)} "
             f"stale_writes_rejected={f.rejected} "
             f"lock_lost={f.counters.get('LockLostError', 0)} "

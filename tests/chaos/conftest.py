@@ -46,17 +46,33 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SUMMARIES] = []
 
 
-@pytest.fixture
-def chaos_config(pytestconfig: pytest.Config) -> ChaosConfig:
+def _configured(config: pytest.Config) -> ChaosConfig:
     """The run's configuration: command line, else environment, else defaults."""
     values: dict[str, Any] = {}
     for name, kind in OPTIONS.items():
-        given = pytestconfig.getoption("chaos_" + name, default=None)
+        given = config.getoption("chaos_" + name, default=None)
         if given is None and f"CHAOS_{name.upper()}" in os.environ:
             given = kind(os.environ[f"CHAOS_{name.upper()}"])
         if given is not None:
             values[name] = given
     return ChaosConfig(**values)
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Give a chaos run time in proportion to its scale, past the usual timeout."""
+    chaos = _configured(config)
+    seconds = 300 + 3 * chaos.duration + chaos.streams / 10
+    for item in items:
+        if "chaos_config" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(seconds))
+
+
+@pytest.fixture
+def chaos_config(pytestconfig: pytest.Config) -> ChaosConfig:
+    """The run's configuration: command line, else environment, else defaults."""
+    return _configured(pytestconfig)
 
 
 @pytest.fixture
