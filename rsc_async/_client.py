@@ -42,7 +42,12 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 SHUTDOWN_TIMEOUT = 5.0
-"""Seconds ``done()`` waits for Redis and for the tasks before giving up."""
+"""Seconds ``done()`` waits for Redis to finish or hand back the held streams."""
+
+STOP_TIMEOUT = 2.0
+"""Seconds ``done()`` waits for the tasks to stop on their own signal, and again
+once they are cancelled; and, alone, for the store to close. Together with
+:data:`SHUTDOWN_TIMEOUT` they bound ``done()``."""
 
 EXPIRY_MEMORY = 60.0
 """Seconds the expiry of a lock we let go or found gone is awaited, to be kept
@@ -202,13 +207,14 @@ class RedisStreamClient:
         After ``await client.init()`` returns, the consumer group exists, startup
         recovery has run and the tasks are running. Iterating the result yields
         notifications until the client stops. Calling it again returns the same
-        object.
+        object. Once ``done()`` has returned, awaiting it returns at once and
+        iterating it ends at once; a stopped client does not start again.
 
         Raises:
             ExistingKeyspaceConfigError: see ``force_config_override``.
             KeyspaceConfigError: lock expiry events cannot be enabled.
             RedisCommandError: Redis failed during set-up.
-            RSCError: the client was stopped already.
+            RSCError: ``done()`` is under way.
         """
         return self._notifications
 
@@ -602,9 +608,10 @@ class RedisStreamClient:
                 instead of finishing it, for a shutdown that leaves the work to
                 the other consumers.
 
-        Idempotent. Bounded: it returns within a few seconds even when Redis
-        does not answer. Notifications already buffered may still be read; no
-        ``StreamTerminated`` is added.
+        Idempotent. Bounded: when Redis does not answer it still returns within
+        about eleven seconds (five to let go of the streams, two for the tasks
+        to stop, two more once they are cancelled, two to close). Notifications already buffered may still be
+        read; no ``StreamTerminated`` is added.
         """
         async with self._done_lock:
             if self._closed:
@@ -643,7 +650,7 @@ class RedisStreamClient:
         await self._finisher.abandon(gone)
         await self._hand_back.abandon(gone)
         await self._claimer.abandon(gone)
-        with anyio.move_on_after(SHUTDOWN_TIMEOUT):
+        with anyio.move_on_after(STOP_TIMEOUT):
             await self._store.close()
         self._outbox.close()
 
@@ -654,11 +661,11 @@ class RedisStreamClient:
             self._scope.cancel()
         supervisor = self._supervisor
         if supervisor is not None and not supervisor.done():
-            await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
+            await asyncio.wait({supervisor}, timeout=STOP_TIMEOUT)
             if not supervisor.done():
                 self._log.warning("tasks did not stop in time; cancelling them")
                 supervisor.cancel()
-                await asyncio.wait({supervisor}, timeout=SHUTDOWN_TIMEOUT)
+                await asyncio.wait({supervisor}, timeout=STOP_TIMEOUT)
 
 
 def _read_block_ms(socket_timeout: float | None) -> int:
