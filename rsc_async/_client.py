@@ -610,8 +610,8 @@ class RedisStreamClient:
 
         Idempotent. Bounded: when Redis does not answer it still returns within
         about eleven seconds (five to let go of the streams, two for the tasks
-        to stop, two more once they are cancelled, two to close). Notifications already buffered may still be
-        read; no ``StreamTerminated`` is added.
+        to stop, two more once they are cancelled, two to close). Notifications
+        already buffered may still be read; no ``StreamTerminated`` is added.
         """
         async with self._done_lock:
             if self._closed:

@@ -169,9 +169,12 @@ class ClusterStore(Store):
         """(host, port) of every primary, as the cluster says now."""
         return [(h, p) for h, p, primary in await self.all_nodes() if primary]
 
-    def config_targets(self) -> list[NodeConfig]:
-        """Every node: a replica promoted in a failover keeps its own setting."""
-        return [_ClusterConfig(self)]
+    async def config_targets(self) -> list[NodeConfig]:
+        """Every node: a replica publishes nothing now, but is promoted later."""
+        return [
+            NodeConfig(self.node_client(host, port), f"{host}:{port}")
+            for host, port, _ in await self.all_nodes()
+        ]
 
     def subscription(self, pattern: str) -> ClusterSubscription:
         """A subscription to *pattern* on every primary."""
@@ -360,28 +363,6 @@ class ClusterStore(Store):
             for reply in replies
             for row in reply
         }
-
-
-class _ClusterConfig(NodeConfig):
-    """``notify-keyspace-events`` of every node of a cluster, as one setting."""
-
-    def __init__(self, store: ClusterStore) -> None:
-        super().__init__(store.redis, "every cluster node")
-        self._store = store
-
-    async def get(self) -> str:
-        """The flags every node has (the flags of the node that lacks most)."""
-        settings = []
-        for host, port, _ in await self._store.all_nodes():
-            node = NodeConfig(self._store.node_client(host, port), f"{host}:{port}")
-            settings.append(await node.get())
-        return min(settings, key=len, default="")
-
-    async def set(self, flags: str) -> None:
-        """Set the flags on every node."""
-        for host, port, _ in await self._store.all_nodes():
-            node = NodeConfig(self._store.node_client(host, port), f"{host}:{port}")
-            await node.set(flags)
 
 
 class ClusterSubscription:

@@ -48,7 +48,7 @@ async def ensure_expiry_events(
         ExistingKeyspaceConfigError: other flags are set and *force* is False.
         KeyspaceConfigError: the flags are missing and CONFIG SET is refused.
     """
-    for node in store.config_targets():
+    for node in await store.config_targets():
         await _ensure_on(node, force, log, restoring)
 
 
@@ -122,6 +122,7 @@ class KeyspaceListener:
         self._on_expired = on_expired
         self._metrics = metrics
         self._log = log
+        self._config_error: str | None = None
         self._prefix = f"__keyspace@{store.db}__:"
         self.pattern = f"{self._prefix}*{MUTEX_KEY_SEP}*"
 
@@ -192,7 +193,12 @@ class KeyspaceListener:
                 self._store, self._force_config, self._log, restoring=True
             )
         except KeyspaceConfigError as exc:
-            self._log.error("lock expiry events are off: %s", exc)
+            # Checked every few heartbeats: said once, until it changes.
+            if str(exc) != self._config_error:
+                self._log.error("lock expiry events are off: %s", exc)
+            self._config_error = str(exc)
+        else:
+            self._config_error = None
 
     def _hear(self, message: dict[str, Any]) -> None:
         if decode(message.get("data") or b"") != "expired":

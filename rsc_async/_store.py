@@ -276,7 +276,7 @@ class Store:
         retry = getattr(self.redis, "retry", None) or self.redis.get_retry()
         return int(retry.get_retries()) if retry is not None else 0
 
-    def config_targets(self) -> list[NodeConfig]:
+    async def config_targets(self) -> list[NodeConfig]:
         """The servers whose ``notify-keyspace-events`` matter."""
         return [NodeConfig(self.redis, "the server")]
 
@@ -763,7 +763,13 @@ class ReconnectWatch:
         self._reconnected = False
 
     def watch(self, pubsub: Any) -> None:
-        """Hear of every later reconnect of *pubsub*'s connection."""
+        """Hear of every later reconnect of *pubsub*'s connection.
+
+        What came before is forgotten: a subscription just made needs no
+        telling that it was made. (redis-py reconnects even when it may not
+        retry, before it raises the error that leads to a new subscription.)
+        """
+        self._reconnected = False
         if pubsub.connection is not None:
             pubsub.connection.register_connect_callback(self._on_connect)
 

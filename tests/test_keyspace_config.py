@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 import pytest_asyncio
 import redis.asyncio
-from _wait import next_notification
+from _wait import next_notification, wait_for
 
 from rsc_async import (
     MUTEX_KEY_SEP,
@@ -191,6 +191,45 @@ async def test_init_works_for_a_user_refused_config_set_when_flags_are_present(
 
     assert isinstance(notification, StreamAdded)
     assert "session-1" == notification.payload.data_stream_name
+
+
+async def test_flags_lost_and_not_restorable_are_reported_once_while_it_lasts(
+    admin: redis.asyncio.Redis,
+    dedicated_redis: RedisServer,
+    service_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A check every few heartbeats that cannot restore the flags logs one ERROR."""
+    await admin.config_set(SETTING, "KEx")
+    url = await _limited_url(admin, dedicated_redis, "+config|get")
+    user_redis = redis.asyncio.Redis.from_url(url)
+
+    async def config_gets() -> int:
+        stats = await admin.info("commandstats")
+        return int(stats.get("cmdstat_config|get", {}).get("calls", 0))
+
+    def errors() -> list[logging.LogRecord]:
+        return [
+            record
+            for record in caplog.records
+            if record.levelno == logging.ERROR and "expiry events are off" in record.msg
+        ]
+
+    try:
+        async with _client(user_redis, service_name) as client:
+            await client.init()
+            await admin.config_set(SETTING, "")
+            await wait_for(lambda: bool(errors()), timeout=10)
+            after_first = await config_gets()
+
+            async def checked_twice_more() -> bool:
+                return await config_gets() >= after_first + 2
+
+            await wait_for(checked_twice_more, timeout=15)
+    finally:
+        await user_redis.aclose()
+
+    assert 1 == len(errors())
 
 
 async def test_init_raises_for_a_user_refused_config_set_when_flags_are_absent(
