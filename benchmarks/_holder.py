@@ -219,6 +219,8 @@ class Holding:
     counters: Counters = field(default_factory=Counters)
     notes: list[str] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    client: RedisStreamClient | None = None
+    """The library's client, for the parent's ``release`` command."""
 
 
 def library_redis(
@@ -255,6 +257,7 @@ async def hold_with_library(args: argparse.Namespace, holding: Holding) -> None:
         reconcile_interval=0,
         metrics=TickCounter(holding.counters),
     )
+    holding.client = client
     added = 0
     try:
         async for notification in client.init():
@@ -358,6 +361,11 @@ async def main(args: argparse.Namespace) -> None:
         if command == "start":
             before = holding.counters.copy()
             cpu, wall = time.process_time(), time.monotonic()
+        elif command == "release":
+            # Hand every stream back, as a consumer leaving in a deploy does.
+            assert holding.client is not None, "only the library hands back"
+            await holding.client.done(release=True)
+            emit("released")
         elif command == "stop":
             emit(
                 "measured",

@@ -77,12 +77,20 @@ def spread(values: Sequence[float]) -> str:
 
 
 async def takeover_round(
-    url: str, ttl: float, options: Options, delays: Delays, *, cluster: bool = False
+    url: str,
+    ttl: float,
+    options: Options,
+    delays: Delays,
+    *,
+    cluster: bool = False,
+    hand_back: bool = False,
 ) -> None:
     """Hold *streams* in a child, kill it, and time this process claiming them.
 
     With *cluster*, *url* names a node of a Redis Cluster, and both the holder
-    and the claimer use a cluster client.
+    and the claimer use a cluster client. With *hand_back*, the holder is not
+    killed but hands every stream back (``done(release=True)``), and the
+    delays run from the moment it is told to.
     """
     async with contextlib.AsyncExitStack() as cleanup:
         redis = connect(url, cluster=cluster)
@@ -117,7 +125,10 @@ async def takeover_round(
         # random part puts the kill anywhere in the heartbeat's period.
         await asyncio.sleep(ttl + random.uniform(0, ttl / 2))
         killed = time.monotonic()
-        holder.kill()
+        if hand_back:
+            await holder.send("release")
+        else:
+            holder.kill()
         await asyncio.wait_for(
             claim_all(claimer, killed, options, delays), 2 * ttl + CLAIM_TIMEOUT
         )
@@ -168,6 +179,25 @@ def progress(message: str) -> None:
     print(f"[takeover] {message}", file=sys.stderr, flush=True)
 
 
+def handoff_rows(ttl: float, delays: Delays, tried: int) -> list[Line]:
+    """The rows of a hand-back at one TTL, against that TTL."""
+    case = f"release_stream, TTL {ttl:g} s"
+    ttl_ms = 1000 * ttl
+    claimed_p99 = percentile(delays.claimed, 0.99) if delays.claimed else math.nan
+    return [
+        Row(case, "ms to expiry p50/p99/max", spread(delays.expired)),
+        Row(
+            case,
+            "ms to claim p50/p99/max",
+            spread(delays.claimed),
+            "TTL",
+            number(ttl_ms),
+            ratio(claimed_p99, ttl_ms),
+        ),
+        Row(case, "streams claimed", f"{len(delays.claimed):,}/{tried:,}"),
+    ]
+
+
 def rows(case: str, ttl: float, delays: Delays, tried: int) -> list[Line]:
     """The table rows of one TTL, under the name *case*."""
     ttl_ms = 1000 * ttl
@@ -213,4 +243,18 @@ async def run(options: Options) -> list[Line]:
                     await takeover_round(url, ttl, options, delays)
                 tried = options.streams * options.rounds
                 lines.extend(rows(f"TTL {ttl:g} s, hz {hz}", ttl, delays, tried))
+    lines.append(
+        Section(
+            f"handoff: ms from telling a holder of {options.streams:,} streams to "
+            f"hand them back to their claim; hz {options.hz[0]}"
+        )
+    )
+    with server(options.redis_server, hz=options.hz[0]) as url:
+        for ttl in options.ttls:
+            progress(f"hand-back, TTL {ttl:g} s")
+            delays = Delays()
+            for _ in range(options.rounds):
+                await takeover_round(url, ttl, options, delays, hand_back=True)
+            tried = options.streams * options.rounds
+            lines.extend(handoff_rows(ttl, delays, tried))
     return lines

@@ -49,6 +49,10 @@ STOP_TIMEOUT = 2.0
 once they are cancelled; and, alone, for the store to close. Together with
 :data:`SHUTDOWN_TIMEOUT` they bound ``done()``."""
 
+HASTEN_AFTER = 0.002
+"""Seconds after a hand-back's 1 ms PEXPIRE before its locks are read, so that
+they have expired by then."""
+
 EXPIRY_MEMORY = 60.0
 """Seconds the expiry of a lock we let go or found gone is awaited, to be kept
 from ourselves."""
@@ -85,7 +89,10 @@ class RedisStreamClient:
         reconcile_interval: seconds between reconciliation sweeps across the
             service; default ``lbs_idle_time``; 0 turns them off.
         max_deliveries: an LBS entry delivered more often than this is moved
-            to the dead-letter stream instead of being handed out again.
+            to the dead-letter stream instead of being handed out again. Every
+            claim counts as a delivery, a claim after ``release_stream`` too: a
+            stream handed back at every deploy reaches the limit after that
+            many deploys, so raise it for streams that live that long.
         heartbeat_thread: run the heartbeat on a thread with its own
             connection, so locks are kept while handlers block the event loop
             (CPU-bound work). Needs a plain ``redis.asyncio.Redis``; the
@@ -590,7 +597,25 @@ class RedisStreamClient:
         for key, holder in zip(keys, holders, strict=True):
             if holder is not None:
                 self._own_expiries.pop(key, None)
+        ours = [key for key, holder in zip(keys, holders, strict=True) if not holder]
+        await self._hasten_expiry(ours)
         return [holder or None for holder in holders]
+
+    async def _hasten_expiry(self, keys: list[str]) -> None:
+        """Touch locks just made to expire, so their events go out now.
+
+        The server finds an expired key on its own only in its periodic
+        sweeps (every 100 ms at the default ``hz``), but at once when the key
+        is read.
+        """
+        if not keys:
+            return
+        await anyio.sleep(HASTEN_AFTER)
+        try:
+            await self._store.locks_exist(keys)
+        except RedisCommandError as exc:
+            # The locks expire all the same, only later.
+            self._log.debug("could not touch %d handed-back locks: %s", len(keys), exc)
 
     def _expect_expiries(self, keys: list[str]) -> None:
         now = time.monotonic()
