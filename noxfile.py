@@ -17,7 +17,7 @@ LINT_PATHS = [
 ]
 
 
-@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+@nox.session(python=["3.10", "3.11", "3.12", "3.13", "3.14"])
 def tests(session: nox.Session) -> None:
     """Run the test suite; arguments after ``--`` go to pytest."""
     session.install(".[test,embedded]")

@@ -447,11 +447,11 @@ class RedisStreamClient:
             RedisCommandError: Redis failed.
             RSCError: the client is not running.
         """
-        self._require_running()
         name, entry_id = info.data_stream_name, info.id_in_lbs
         started = time.monotonic()
         success = False
         try:
+            self._require_running()
             if self._leases.get(name) is not None:
                 raise AlreadyClaimedError(name, entry_id)
             lease = Lease(name, entry_id, {})

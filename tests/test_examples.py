@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +15,7 @@ import redis.asyncio
 from _wait import wait_for
 
 from rsc_async import MUTEX_KEY_SEP, add_stream
+from rsc_async.testing import RedisServer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -124,3 +127,26 @@ async def test_aiohttp_app_lists_a_held_stream_and_finishes_it(
     assert (200, {"finished": "session-1"}) == done
     assert ([], 404) == (after, missing)
     assert 0 == await _lbs_length(redis_client, service_name)
+
+
+def test_basic_example_shows_a_takeover_and_loses_nothing(
+    dedicated_redis: RedisServer,
+) -> None:
+    """``python examples/basic.py``: bob takes over every session alice held."""
+    environment = {**os.environ, "REDIS_URL": dedicated_redis.url}
+
+    ran = subprocess.run(
+        [sys.executable, str(EXAMPLES / "basic.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+        check=False,
+    )
+
+    assert 0 == ran.returncode, ran.stderr
+    assert "alice crashes (SIGKILL)" in ran.stdout
+    # Each session alice took before the crash, bob took over after it.
+    taken_by_alice = ran.stdout.count("alice took")
+    assert taken_by_alice == ran.stdout.count("bob   took over"), ran.stdout
+    assert ran.stdout.rstrip().endswith("none was lost")
