@@ -339,30 +339,16 @@ class ClusterStore(Store):
             return []
         holders: list[str | None] = await self._holders([key for key, _ in locks])
         lapsed = [locks[i][1] for i, holder in enumerate(holders) if holder is None]
-        owners = await self._pending_owners(lapsed)
+        pending = await self.pending_entries(lapsed)
         for index, holder in enumerate(holders):
             if holder is None:
-                holders[index] = owners.get(locks[index][1], "")
+                holders[index] = pending.get(locks[index][1], ("", 0))[0]
         ours = {i for i, holder in enumerate(holders) if holder == self.consumer}
         if ours:
             await self._forget(*(locks[i][1] for i in sorted(ours)))
             held = [locks[i][0] for i in sorted(ours)]
             await self._per_key(self._release, held, [self.consumer], "releasing locks")
         return [None if i in ours else holders[i] for i in range(len(locks))]
-
-    async def _pending_owners(self, entry_ids: Sequence[str]) -> dict[str, str]:
-        """The consumer each of *entry_ids* is pending under, where it is pending."""
-        if not entry_ids:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id in entry_ids:
-                pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
-            replies = await _call(pipe.execute(), "XPENDING of entries")
-        return {
-            decode(row["message_id"]): decode(row["consumer"])
-            for reply in replies
-            for row in reply
-        }
 
 
 class ClusterSubscription:

@@ -379,6 +379,13 @@ class Store:
 
     async def deliveries(self, entry_ids: Sequence[str]) -> dict[str, int]:
         """How many times each of *entry_ids* has been delivered, if pending."""
+        pending = await self.pending_entries(entry_ids)
+        return {entry_id: count for entry_id, (_, count) in pending.items()}
+
+    async def pending_entries(
+        self, entry_ids: Sequence[str]
+    ) -> dict[str, tuple[str, int]]:
+        """Whom each of *entry_ids* is pending under, and its deliveries, if pending."""
         if not entry_ids:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -386,7 +393,10 @@ class Store:
                 pipe.xpending_range(self.lbs, self.group, entry_id, entry_id, 1)
             replies = await _call(pipe.execute(), "XPENDING of entries")
         return {
-            decode(row["message_id"]): int(row["times_delivered"])
+            decode(row["message_id"]): (
+                decode(row["consumer"]),
+                int(row["times_delivered"]),
+            )
             for reply in replies
             for row in reply
         }
