@@ -1,4 +1,4 @@
-"""``python -m benchmarks [heartbeat|throughput|takeover|cluster ...] [options]``."""
+"""``python -m benchmarks [heartbeat|throughput|takeover|cluster|stall ...] [opts]``."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from typing import Any
 
 from rsc_async.testing import find_redis_server
 
-from . import cluster, heartbeat, takeover, throughput
+from . import cluster, heartbeat, stall, takeover, throughput
 from ._report import Line, render
 
-BENCHMARKS = ("heartbeat", "throughput", "takeover", "cluster")
+BENCHMARKS = ("heartbeat", "throughput", "takeover", "cluster", "stall")
 
 
 def integers(text: str) -> tuple[int, ...]:
@@ -50,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument("--redis-server", help="redis-server binary to start")
     group = cli.add_argument_group(
-        "heartbeat", "--streams, --seconds and --hb-interval apply to cluster too"
+        "heartbeat",
+        "--streams, --seconds and --hb-interval apply to cluster too; "
+        "--hb-interval to stall as well",
     )
     group.add_argument("--streams", type=integers, help="K values, e.g. 1000,10000")
     group.add_argument("--seconds", type=float, help="measured window per K")
@@ -67,13 +69,19 @@ def parser() -> argparse.ArgumentParser:
     group = cli.add_argument_group(
         "takeover",
         "--held, --ttls, --rounds and --claim-concurrency apply to cluster too; "
-        "its nodes run at the default hz",
+        "its nodes run at the default hz. --held and --rounds apply to stall: "
+        "streams per client, rounds per block",
     )
     group.add_argument("--held", type=int, help="streams the killed holder holds, H")
     group.add_argument("--ttls", type=floats, help="hb_interval values, e.g. 2,0.5")
     group.add_argument("--hz", type=integers, help="redis-server hz values")
     group.add_argument("--rounds", type=int, help="kills per TTL and hz")
     group.add_argument("--claim-concurrency", type=int, help="claims in flight")
+    group = cli.add_argument_group("stall")
+    group.add_argument(
+        "--blocks", type=floats, help="loop blocks as multiples of hb_interval"
+    )
+    group.add_argument("--seed", type=int, help="seed of the heartbeat phases")
     return cli
 
 
@@ -134,6 +142,9 @@ async def run(selected: Sequence[str], args: argparse.Namespace) -> list[Line]:
         ),
         "cluster": lambda: cluster.run(
             options_for(cluster.Options, cluster.QUICK, args, {})
+        ),
+        "stall": lambda: stall.run(
+            options_for(stall.Options, stall.QUICK, args, {"streams": "held"})
         ),
     }
     lines: list[Line] = []
