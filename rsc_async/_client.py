@@ -36,7 +36,7 @@ from ._metrics import MetricsRecorder, NoMetrics
 from ._models import LBSInfo, LBSMessage, StreamDisowned, StreamTerminated
 from ._outbox import Notifications, Outbox
 from ._reconcile import Reconciler
-from ._store import Fields, Store
+from ._store import HAND_BACK_TTL_MS, Fields, Store
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -49,9 +49,9 @@ STOP_TIMEOUT = 2.0
 once they are cancelled; and, alone, for the store to close. Together with
 :data:`SHUTDOWN_TIMEOUT` they bound ``done()``."""
 
-HASTEN_AFTER = 0.002
-"""Seconds after a hand-back's 1 ms PEXPIRE before its locks are read, so that
-they have expired by then."""
+HASTEN_AFTER = (HAND_BACK_TTL_MS + 5) / 1000
+"""Seconds after a hand-back before its locks are read, so that they have
+expired by then."""
 
 EXPIRY_MEMORY = 60.0
 """Seconds the expiry of a lock we let go or found gone is awaited, to be kept

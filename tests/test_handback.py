@@ -8,9 +8,11 @@ long before the TTL would have run out: the heartbeat interval here is long
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio
 from _consumers import (
+    LBS_FIELD,
     Recorded,
     connected,
     expire_ghost_lock,
@@ -22,6 +24,7 @@ from _wait import wait_for
 
 from rsc_async import (
     LBSInfo,
+    LBSMessage,
     RedisStreamClient,
     StreamAdded,
     StreamDisowned,
@@ -35,7 +38,7 @@ AT_ONCE = 2.0
 
 
 def _client(
-    r: redis.asyncio.Redis, service: str, consumer_id: str
+    r: redis.asyncio.Redis, service: str, consumer_id: str, **options: Any
 ) -> RedisStreamClient:
     return RedisStreamClient(
         r,
@@ -43,6 +46,7 @@ def _client(
         consumer_id=consumer_id,
         hb_interval=HB_INTERVAL,
         lbs_idle_time=2 * HB_INTERVAL,
+        **options,
     )
 
 
@@ -178,3 +182,29 @@ async def test_done_finishes_every_held_stream(
     assert 0 == locks
     assert [marker.id_in_lbs] == [entry_id for entry_id, _ in entries or []]
     assert 1 == pending["pending"]
+
+
+async def test_every_stream_of_a_large_hand_back_is_announced(
+    redis_url: str, service_name: str
+) -> None:
+    """done(release=True) of 3,000 streams: every one is heard expiring."""
+    count = 3000
+    names = [f"session-{n}" for n in range(count)]
+    async with (
+        connected(redis_url, decode_responses=True) as admin,
+        connected(redis_url) as r,
+        running(_client(r, service_name, "leaving", read_batch=1000)) as leaving,
+    ):
+        async with admin.pipeline(transaction=False) as pipe:
+            for name in names:
+                message = LBSMessage(data_stream_name=name).to_json()
+                pipe.xadd(f"{service_name}-input", {LBS_FIELD: message})
+            await pipe.execute()
+        await wait_for(lambda: len(leaving.client.held_streams) == count, 30)
+        # Room for every expiry of the burst: past the buffer, events are
+        # dropped and left to the reconciliation sweep.
+        staying_client = _client(r, service_name, "staying", ksp_buffer_size=count)
+        async with running(staying_client) as staying:
+            await leaving.client.done(release=True)
+
+            await wait_for(lambda: len(staying.of(StreamExpired)) == count, AT_ONCE)
