@@ -33,11 +33,11 @@ LOCK_CHUNK = 1000
 """Locks per script call: bounds how long one call holds the server."""
 
 HAND_BACK_TTL_MS = 20
-"""What is left of a handed-back lock's life. Not 1 ms: the server can judge so
-short a TTL already past when it sets it (its clock counts whole
-milliseconds, and a script's clock stands still while it runs), and then
-deletes the key on the spot, which raises ``del``, not ``expired``: nobody
-hears of it. About one hand-back of 200 locks in ten lost a lock that way."""
+"""What is left of a handed-back lock's life. Not 1 ms: PEXPIRE can judge so
+short a TTL already past as it sets it (the server's clock counts whole
+milliseconds), and then deletes the key on the spot, which raises ``del``,
+not ``expired``: nobody hears of it. On Redis 7.0, 12 of 100,000 PEXPIREs of
+1 ms did so. (``SET ... PX 1``, which the sweep uses, never did.)"""
 
 KEPT, TAKEN, GONE = 1, 0, -1
 """What extending a lock found: ours (now extended), another's, or none."""
