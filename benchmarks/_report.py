@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from dataclasses import dataclass
 
@@ -108,3 +109,8 @@ def render(lines: list[Line]) -> str:
         else:
             out.append(format_row(line))
     return "\n".join(out)
+
+
+def announce(benchmark: str, message: str) -> None:
+    """Say on stderr what *benchmark* runs now: a full run takes minutes."""
+    print(f"[{benchmark}] {message}", file=sys.stderr, flush=True)

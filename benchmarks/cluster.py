@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -36,7 +36,7 @@ from rsc_async.testing import RedisClusterServers
 from . import takeover
 from ._child import Child
 from ._redis import Window, cluster, create_group, fill_lbs, snapshot, stream_names
-from ._report import Line, Note, Row, Section, number, ratio
+from ._report import Line, Note, Row, Section, announce, number, ratio
 
 SERVICE = "bench"
 CONSUMER = "holder"
@@ -94,9 +94,8 @@ class Held:
     notes: Sequence[str] = field(default_factory=tuple)
 
 
-def progress(message: str) -> None:
-    """Say on stderr what runs now."""
-    print(f"[cluster] {message}", file=sys.stderr, flush=True)
+progress = partial(announce, "cluster")
+"""Say on stderr what runs now."""
 
 
 def failure_note(case: str, exc: Exception) -> Note:

@@ -18,11 +18,11 @@ import functools
 import gc
 import logging
 import math
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import redis.asyncio as aioredis
 
@@ -42,7 +42,7 @@ from ._redis import (
     snapshot,
     stream_names,
 )
-from ._report import Line, Row, Section, number, ratio
+from ._report import Line, Row, Section, announce, number, ratio
 
 SERVICE = "bench"
 CONSUMER = "holder"
@@ -505,9 +505,8 @@ def held_rows(
     return lines
 
 
-def progress(message: str) -> None:
-    """Say on stderr what runs now: a full run takes minutes."""
-    print(f"[heartbeat] {message}", file=sys.stderr, flush=True)
+progress = partial(announce, "heartbeat")
+"""Say on stderr what runs now."""
 
 
 async def run(options: Options) -> list[Line]:

@@ -23,10 +23,10 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import redis.asyncio as aioredis
@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from rsc_async import MUTEX_KEY_SEP, NotificationType, RedisStreamClient, add_stream
 
 from ._redis import server, stream_names
-from ._report import Line, Note, Row, Section
+from ._report import Line, Note, Row, Section, announce
 
 SERVICE = "stall"
 
@@ -285,9 +285,8 @@ def rows(mode: str, outcomes: Sequence[Outcome], options: Options) -> list[Line]
     return lines
 
 
-def progress(message: str) -> None:
-    """Say on stderr what runs now."""
-    print(f"[stall] {message}", file=sys.stderr, flush=True)
+progress = partial(announce, "stall")
+"""Say on stderr what runs now."""
 
 
 async def run(options: Options) -> list[Line]:

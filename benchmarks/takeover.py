@@ -14,16 +14,16 @@ import asyncio
 import contextlib
 import math
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from rsc_async import LBSInfo, NotificationType, RedisStreamClient, RSCError
 
 from ._child import Child
 from ._redis import connect, create_group, fill_lbs, server, stream_names
-from ._report import Line, Row, Section, number, ratio
+from ._report import Line, Row, Section, announce, number, ratio
 
 SERVICE = "bench"
 TARGET_MARGIN_MS = 150.0
@@ -174,9 +174,8 @@ async def claim_all(
         await asyncio.gather(listener, *running, return_exceptions=True)
 
 
-def progress(message: str) -> None:
-    """Say on stderr what runs now."""
-    print(f"[takeover] {message}", file=sys.stderr, flush=True)
+progress = partial(announce, "takeover")
+"""Say on stderr what runs now."""
 
 
 def handoff_rows(ttl: float, delays: Delays, tried: int) -> list[Line]:

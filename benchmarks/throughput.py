@@ -11,10 +11,10 @@ library again with several consumer processes sharing the N entries.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,7 +33,7 @@ from ._redis import (
     snapshot,
     stream_names,
 )
-from ._report import Line, Row, Section, number, ratio
+from ._report import Line, Row, Section, announce, number, ratio
 
 SERVICE = "bench"
 LBS = f"{SERVICE}-input"
@@ -261,9 +261,8 @@ async def workers(options: Options) -> Shared:
     return Shared(rate, finished)
 
 
-def progress(message: str) -> None:
-    """Say on stderr what runs now."""
-    print(f"[throughput] {message}", file=sys.stderr, flush=True)
+progress = partial(announce, "throughput")
+"""Say on stderr what runs now."""
 
 
 async def run(options: Options) -> list[Line]:

@@ -299,7 +299,8 @@ class Store:
 
     async def _raw(self, *command: Any) -> Any:
         """Run *command* with its reply read as bytes (see :data:`RAW`)."""
-        return await self.redis.execute_command(*command, **RAW)  # type: ignore[no-untyped-call]
+        execute = self.redis.execute_command
+        return await execute(*command, **RAW)  # type: ignore[no-untyped-call]
 
     async def ensure_group(self, start: str = "$") -> None:
         """Create the consumer group, and the LBS with it, unless it exists.

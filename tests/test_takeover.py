@@ -226,7 +226,8 @@ async def test_lock_found_gone_by_the_heartbeat_is_not_announced_to_its_holder(
         await add_stream(r, service_name, "s-1")
         added = await next_notification(notifications)
         assert isinstance(added, StreamAdded)
-        await r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")  # type: ignore[no-untyped-call]
+        debug = r.execute_command
+        await debug("DEBUG", "SET-ACTIVE-EXPIRE", "0")  # type: ignore[no-untyped-call]
         await r.pexpire(added.payload.mutex_key, 1)
 
         disowned = await next_notification(notifications)
