@@ -42,13 +42,18 @@ class Reconciler:
         self._store = store
         self._interval = interval
         self._min_idle_ms = round(2 * hb_interval * 1000)
+        self._hb_ms = max(1, round(hb_interval * 1000))
         self._max_deliveries = max_deliveries
         self._set_aside = set_aside
         self._log = log
         self._now = anyio.Event()
 
     def trigger(self) -> None:
-        """Sweep as soon as possible, whoever swept last."""
+        """Sweep as soon as possible, whoever swept last.
+
+        Of the consumers asking within one heartbeat interval (a server
+        restart drops every subscription at once), one sweeps.
+        """
         self._now.set()
 
     async def run(self, stopping: anyio.Event) -> None:
@@ -61,8 +66,12 @@ class Reconciler:
             forced = self._now.is_set()
             self._now = anyio.Event()
             try:
-                interval_ms = max(1, round(self._interval * 1000))
-                if forced or await self._store.lead_sweep(interval_ms):
+                if forced:
+                    leads = await self._store.lead_sweep(self._hb_ms, at_once=True)
+                else:
+                    interval_ms = max(1, round(self._interval * 1000))
+                    leads = await self._store.lead_sweep(interval_ms)
+                if leads:
                     await self.sweep()
             except RedisCommandError as exc:
                 self._log.warning("reconciliation sweep failed: %s", exc)

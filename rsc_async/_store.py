@@ -253,6 +253,7 @@ class Store:
         self.dead = f"{service}-dead"
         self.fencing = f"{service}-fencing"
         self.reconcile = f"{service}-reconcile"
+        self.reconcile_now = f"{service}-reconcile-now"
         self._acquire = redis.register_script(_ACQUIRE)
         self._hand_back = redis.register_script(_HAND_BACK)
         self._extend = redis.register_script(_EXTEND)
@@ -499,10 +500,17 @@ class Store:
         flags = await self._per_key(self._exists, keys, [], "EXISTS of locks")
         return [bool(flag) for flag in flags]
 
-    async def lead_sweep(self, interval_ms: int) -> bool:
-        """Whether this consumer sweeps this interval (one per service)."""
+    async def lead_sweep(self, interval_ms: int, *, at_once: bool = False) -> bool:
+        """Whether this consumer sweeps this interval (one per service).
+
+        With *at_once*, the sweep is one asked for out of turn (after a
+        re-subscribe), and its own lock decides: the periodic one must not
+        hold it back, but many consumers re-subscribing together need only
+        one sweep between them.
+        """
+        key = self.reconcile_now if at_once else self.reconcile
         taken = await _call(
-            self.redis.set(self.reconcile, self.consumer, nx=True, px=interval_ms),
+            self.redis.set(key, self.consumer, nx=True, px=interval_ms),
             "SET NX of the sweep lock",
         )
         return bool(taken)

@@ -9,10 +9,17 @@ from __future__ import annotations
 import time
 
 import redis.asyncio
-from _consumers import connected, ghost_entry, lock_holder, running
+from _consumers import (
+    connected,
+    expire_ghost_lock,
+    ghost_entry,
+    lock_holder,
+    running,
+)
 from _wait import wait_for
 
 from rsc_async import RedisStreamClient, StreamExpired
+from rsc_async.testing import RedisServer
 
 HB_INTERVAL = 0.5
 ORPHANED_AFTER = 2 * HB_INTERVAL
@@ -124,3 +131,39 @@ async def test_sweep_is_off_when_reconcile_interval_is_zero(
             await wait_for(control_announced_twice, timeout)
 
     assert [] == off.of(StreamExpired, "session-1")
+
+
+async def test_consumers_re_subscribing_together_sweep_once(
+    dedicated_redis: RedisServer, service_name: str
+) -> None:
+    """Every subscription killed at once: the orphan is announced once, not twice."""
+    async with (
+        connected(dedicated_redis.url, decode_responses=True) as admin,
+        connected(dedicated_redis.url) as r,
+    ):
+        await ghost_entry(admin, service_name, "session-1")
+
+        async def orphaned() -> bool:
+            rows = await admin.xpending_range(
+                f"{service_name}-input", f"{service_name}-group", "-", "+", 1
+            )
+            return int(rows[0]["time_since_delivered"]) > 1000 * ORPHANED_AFTER + 100
+
+        await wait_for(orphaned)
+        # The periodic sweep is kept far off: only the re-subscribes sweep.
+        async with (
+            running(_client(r, service_name, "a", 60.0)) as a,
+            running(_client(r, service_name, "b", 60.0)) as b,
+        ):
+            assert 2 == await admin.client_kill_filter(_type="pubsub")
+
+            def both_heard(name: str) -> bool:
+                return all(c.of(StreamExpired, name) for c in (a, b))
+
+            await wait_for(lambda: both_heard("session-1"))
+            # A second sweep would follow the first within milliseconds; what
+            # it announced would be heard before this later expiry.
+            await expire_ghost_lock(admin, service_name, "marker")
+            await wait_for(lambda: both_heard("marker"))
+
+    assert [1, 1] == [len(c.of(StreamExpired, "session-1")) for c in (a, b)]
