@@ -4,7 +4,8 @@ Run as a script, it starts a client and speaks in lines::
 
     python tests/_consumer_proc.py URL SERVICE OPTIONS_JSON
 
-``OPTIONS_JSON`` holds the client's keyword arguments. On stdout it writes one
+``OPTIONS_JSON`` holds the client's keyword arguments, and ``"cluster": true``
+when URL names a node of a Redis Cluster. On stdout it writes one
 JSON object per line: ``{"event": "started", "consumer": ...}`` once running,
 ``{"event": "notification", ...}`` for each notification, and
 ``{"event": "done", "stream": ..., "error": ...}`` after each command
@@ -196,10 +197,15 @@ class _Child:
 
 async def _main(url: str, service: str, options: dict[str, Any]) -> None:
     import redis.asyncio
+    from redis.asyncio.cluster import RedisCluster
 
     from rsc_async import RedisStreamClient
 
-    r = redis.asyncio.Redis.from_url(url)
+    r: redis.asyncio.Redis | RedisCluster
+    if options.pop("cluster", False):
+        r = RedisCluster.from_url(url)
+    else:
+        r = redis.asyncio.Redis.from_url(url)
     client = RedisStreamClient(r, service, **options)
     try:
         notifications = await client.init()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+from _consumer_proc import ConsumerProcess
 from _wait import wait_for
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
@@ -155,6 +156,48 @@ async def test_expiry_on_every_node_is_heard_and_claimed(
         for name in names:
             await client.done_stream(name)
         assert 0 == await cluster_client.xlen(f"{service_name}-input")
+
+
+async def test_streams_of_a_killed_consumer_on_every_node_are_claimed(
+    cluster: RedisClusterServers, cluster_client: RedisCluster, service_name: str
+) -> None:
+    """A holder process is SIGKILLed; its locks on all three nodes are claimed."""
+    names = [f"held-{n}" for n in range(24)]
+    child = await ConsumerProcess.start(
+        cluster.url,
+        service_name,
+        cluster=True,
+        consumer_id="doomed",
+        hb_interval=0.5,
+        lbs_idle_time=1.0,
+        reconcile_interval=0,
+    )
+    try:
+        for name in names:
+            await add_stream(cluster_client, service_name, name)
+        for name in names:
+            await child.expect(type="StreamAdded", stream=name)
+        survivor = _consumer(cluster_client, service_name, "survivor")
+        async with survivor:
+            notifications = await survivor.init()
+            child.kill()
+
+            claimed = []
+            async for notification in notifications:
+                assert NotificationType.STREAM_EXPIRED == notification.type
+                assert notification.payload is not None
+                await survivor.claim(notification.payload)
+                claimed.append(notification.payload)
+                if len(claimed) == len(names):
+                    break
+
+            assert sorted(names) == sorted(info.data_stream_name for info in claimed)
+            assert 3 == len({_node_of(cluster_client, i.mutex_key) for i in claimed})
+            for name in names:
+                await survivor.done_stream(name)
+            assert 0 == await cluster_client.xlen(f"{service_name}-input")
+    finally:
+        await child.stop()
 
 
 async def test_finishing_after_a_crash_between_steps_loses_nothing(
