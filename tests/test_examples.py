@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from _consumers import expire_ghost_lock
 from _wait import wait_for
 
 from rsc_async import MUTEX_KEY_SEP, add_stream
@@ -127,6 +128,48 @@ async def test_aiohttp_app_lists_a_held_stream_and_finishes_it(
     assert (200, {"finished": "session-1"}) == done
     assert ([], 404) == (after, missing)
     assert 0 == await _lbs_length(redis_client, service_name)
+
+
+async def test_aiohttp_app_hands_its_streams_back_at_shutdown(
+    redis_url: str, redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """Cleaning up the app releases the lock but leaves the entry for others."""
+    pytest.importorskip("aiohttp")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    module = _example("aiohttp_app")
+    app = module.create_app(redis_url, service=service_name, consumer_id="web-1")
+
+    async with TestClient(TestServer(app)):
+        entry_id = await add_stream(redis_client, service_name, "session-1")
+        await wait_for(lambda: len(app[module.CLIENT].held_streams) == 1)
+
+    lock = f"session-1{MUTEX_KEY_SEP}{entry_id}"
+    await wait_for(lambda: _gone(redis_client, lock))
+    assert 1 == await _lbs_length(redis_client, service_name)
+
+
+async def test_aiohttp_app_takes_over_the_stream_of_a_dead_consumer(
+    redis_url: str, redis_client: redis.asyncio.Redis, service_name: str
+) -> None:
+    """An expired lock of another consumer is claimed and then listed."""
+    pytest.importorskip("aiohttp")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    module = _example("aiohttp_app")
+    app = module.create_app(redis_url, service=service_name, consumer_id="web-1")
+
+    async with TestClient(TestServer(app)) as http:
+        orphan = await expire_ghost_lock(redis_client, service_name, "session-9")
+
+        async def listed() -> bool:
+            async with http.get("/streams") as response:
+                return orphan.model_dump() in await response.json()
+
+        await wait_for(listed)
+        holder = await redis_client.get(orphan.mutex_key)
+
+    assert b"redis-consumer-web-1" == holder
 
 
 def test_basic_example_shows_a_takeover_and_loses_nothing(
