@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,7 +17,7 @@ import redis.asyncio
 from _consumers import expire_ghost_lock
 from _wait import wait_for
 
-from rsc_async import MUTEX_KEY_SEP, add_stream
+from rsc_async import MUTEX_KEY_SEP, RedisStreamClient, add_stream
 from rsc_async.testing import RedisServer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -32,6 +34,20 @@ def _example(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.asynccontextmanager
+async def _aiohttp_app(
+    redis_url: str, service: str
+) -> AsyncIterator[tuple[Any, RedisStreamClient]]:
+    """The aiohttp example served to a test client; that client and the app's."""
+    pytest.importorskip("aiohttp")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    module = _example("aiohttp_app")
+    app = module.create_app(redis_url, service=service, consumer_id="web-1")
+    async with TestClient(TestServer(app)) as http:
+        yield http, app[module.CLIENT]
 
 
 async def _lbs_length(connection: redis.asyncio.Redis, service: str) -> int:
@@ -100,15 +116,9 @@ async def test_aiohttp_app_lists_a_held_stream_and_finishes_it(
     redis_url: str, redis_client: redis.asyncio.Redis, service_name: str
 ) -> None:
     """GET /streams shows the assigned stream; POST .../done finishes it."""
-    pytest.importorskip("aiohttp")
-    from aiohttp.test_utils import TestClient, TestServer
-
-    app = _example("aiohttp_app").create_app(
-        redis_url, service=service_name, consumer_id="web-1"
-    )
     listed: list[Any] = []
 
-    async with TestClient(TestServer(app)) as http:
+    async with _aiohttp_app(redis_url, service_name) as (http, _):
         entry_id = await add_stream(redis_client, service_name, "session-1")
 
         async def listed_once() -> bool:
@@ -134,15 +144,9 @@ async def test_aiohttp_app_hands_its_streams_back_at_shutdown(
     redis_url: str, redis_client: redis.asyncio.Redis, service_name: str
 ) -> None:
     """Cleaning up the app releases the lock but leaves the entry for others."""
-    pytest.importorskip("aiohttp")
-    from aiohttp.test_utils import TestClient, TestServer
-
-    module = _example("aiohttp_app")
-    app = module.create_app(redis_url, service=service_name, consumer_id="web-1")
-
-    async with TestClient(TestServer(app)):
+    async with _aiohttp_app(redis_url, service_name) as (_, client):
         entry_id = await add_stream(redis_client, service_name, "session-1")
-        await wait_for(lambda: len(app[module.CLIENT].held_streams) == 1)
+        await wait_for(lambda: len(client.held_streams) == 1)
 
     lock = f"session-1{MUTEX_KEY_SEP}{entry_id}"
     await wait_for(lambda: _gone(redis_client, lock))
@@ -153,13 +157,7 @@ async def test_aiohttp_app_takes_over_the_stream_of_a_dead_consumer(
     redis_url: str, redis_client: redis.asyncio.Redis, service_name: str
 ) -> None:
     """An expired lock of another consumer is claimed and then listed."""
-    pytest.importorskip("aiohttp")
-    from aiohttp.test_utils import TestClient, TestServer
-
-    module = _example("aiohttp_app")
-    app = module.create_app(redis_url, service=service_name, consumer_id="web-1")
-
-    async with TestClient(TestServer(app)) as http:
+    async with _aiohttp_app(redis_url, service_name) as (http, _):
         orphan = await expire_ghost_lock(redis_client, service_name, "session-9")
 
         async def listed() -> bool:
