@@ -36,7 +36,7 @@ from ._metrics import MetricsRecorder, NoMetrics
 from ._models import LBSInfo, LBSMessage, StreamDisowned, StreamTerminated
 from ._outbox import Notifications, Outbox
 from ._reconcile import Reconciler
-from ._store import HAND_BACK_TTL_MS, Fields, Store
+from ._store import Fields, Store
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -48,10 +48,6 @@ STOP_TIMEOUT = 2.0
 """Seconds ``done()`` waits for the tasks to stop on their own signal, and again
 once they are cancelled; and, alone, for the store to close. Together with
 :data:`SHUTDOWN_TIMEOUT` they bound ``done()``."""
-
-HASTEN_AFTER = (HAND_BACK_TTL_MS + 5) / 1000
-"""Seconds after a hand-back before its locks are read, so that they have
-expired by then."""
 
 EXPIRY_MEMORY = 60.0
 """Seconds the expiry of a lock we let go or found gone is awaited, to be kept
@@ -597,25 +593,7 @@ class RedisStreamClient:
         for key, holder in zip(keys, holders, strict=True):
             if holder is not None:
                 self._own_expiries.pop(key, None)
-        ours = [key for key, holder in zip(keys, holders, strict=True) if not holder]
-        await self._hasten_expiry(ours)
         return [holder or None for holder in holders]
-
-    async def _hasten_expiry(self, keys: list[str]) -> None:
-        """Touch locks just made to expire, so their events go out now.
-
-        The server finds an expired key on its own only in its periodic
-        sweeps (every 100 ms at the default ``hz``), but at once when the key
-        is read.
-        """
-        if not keys:
-            return
-        await anyio.sleep(HASTEN_AFTER)
-        try:
-            await self._store.locks_exist(keys)
-        except RedisCommandError as exc:
-            # The locks expire all the same, only later.
-            self._log.debug("could not touch %d handed-back locks: %s", len(keys), exc)
 
     def _expect_expiries(self, keys: list[str]) -> None:
         now = time.monotonic()

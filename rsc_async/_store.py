@@ -7,6 +7,7 @@ cannot be reached or refuses a command; nothing outside this module catches
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -472,6 +473,10 @@ class Store:
     async def hand_back(self, keys: Sequence[str]) -> list[str | None]:
         """Make each of our locks expire now, so every consumer hears of it.
 
+        The server finds an expired key on its own only in its periodic
+        sweeps (every 100 ms at the default ``hz``), but at once when the key
+        is read: the locks are read again once their time is up.
+
         Returns:
             Per key, None when it was ours, else its holder ("" when none).
         """
@@ -481,6 +486,12 @@ class Store:
             [self.consumer, HAND_BACK_TTL_MS],
             "handing back locks",
         )
+        ours = [key for key, result in zip(keys, results, strict=True) if result == 1]
+        if ours:
+            await anyio.sleep((HAND_BACK_TTL_MS + 5) / 1000)
+            # Failing, the locks expire all the same, only later.
+            with contextlib.suppress(RedisCommandError):
+                await self.locks_exist(ours)
         return [None if result == 1 else decode(result or b"") for result in results]
 
     async def announce_orphans(self, keys: Sequence[str]) -> list[bool]:
